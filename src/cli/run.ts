@@ -1,0 +1,174 @@
+/**
+ * `lockstep run`: one VM on this machine, in the foreground (DESIGN.md §5).
+ *
+ * Exit status: the guest's exit code; 134 when it traps; 137 when a limit or
+ * the CPU budget stops it; 125 when Lockstep refuses or fails (bad module,
+ * unknown import, bad option value); 130/143 when stopped by SIGINT/SIGTERM;
+ * 2 for usage errors.
+ */
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmOutcome } from '../vm/vm.js';
+import { parseListen, type ListenSpec } from '../io/net-device.js';
+import type { Preopen } from '../vm/fs/fs.js';
+import { StopReason } from '../vm/wasi/signals.js';
+
+export const EXIT_TRAP = 134;
+export const EXIT_LIMIT = 137;
+export const EXIT_REFUSED = 125;
+
+function collect<T>(parse: (s: string) => T) {
+  return (value: string, previous: T[] | undefined): T[] => [...(previous ?? []), parse(value)];
+}
+
+export function parseListenOption(s: string): ListenSpec {
+  const r = parseListen(s);
+  if (typeof r === 'string') throw new InvalidArgumentError(r);
+  return r;
+}
+
+/** wasmtime's syntax: HOSTDIR::GUESTPATH, or a bare HOSTDIR mapped to the same path. */
+export function parseDirOption(s: string): Preopen {
+  const i = s.indexOf('::');
+  const hostPath = i < 0 ? s : s.slice(0, i);
+  const guestPath = i < 0 ? s : s.slice(i + 2);
+  if (hostPath === '' || guestPath === '') throw new InvalidArgumentError(`expected HOSTDIR::GUESTPATH, got "${s}"`);
+  return { hostPath, guestPath };
+}
+
+export function parseEnvOption(s: string): string {
+  const i = s.indexOf('=');
+  if (i <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got "${s}"`);
+  return s;
+}
+
+function parsePositiveInt(name: string) {
+  return (s: string): number => {
+    const n = Number(s);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
+    return n;
+  };
+}
+
+function parseBudget(s: string): bigint {
+  if (!/^\d+$/.test(s) || BigInt(s) <= 0n) throw new InvalidArgumentError('the CPU budget must be a positive integer');
+  return BigInt(s);
+}
+
+/** Options shared by run and record. */
+export function addVmOptions(cmd: Command): Command {
+  return cmd
+    .argument('<app.wasm>', 'the WASI preview1 module to run')
+    .argument('[args...]', 'arguments for the guest (after --)')
+    .addOption(
+      new Option('--listen <addr:port>', 'preopen a TCP listener as fd 3, 4, … (port 0 picks one)')
+        .argParser(collect(parseListenOption))
+        .default([]),
+    )
+    .option('--disk <dir>', 'the VM disk, preopened as /data')
+    .addOption(
+      new Option('--dir <hostdir::guestpath>', 'preopen another folder (wasmtime syntax)')
+        .argParser(collect(parseDirOption))
+        .default([]),
+    )
+    .addOption(new Option('--env <key=value>', 'set an environment variable').argParser(collect(parseEnvOption)).default([]))
+    .addOption(
+      new Option('--memory-max-mib <n>', 'memory limit in MiB')
+        .argParser(parsePositiveInt('--memory-max-mib'))
+        .default(MEMORY_MAX_MIB_DEFAULT),
+    )
+    .addOption(new Option('--trace-calls <file>', 'write per-function host-call counts as JSON (testing)').hideHelp())
+    .addOption(new Option('--cpu-budget <fuel>', 'stop the guest after this much fuel (about one unit per instruction)').argParser(parseBudget));
+}
+
+interface VmCliOptions {
+  listen: ListenSpec[];
+  disk?: string;
+  dir: Preopen[];
+  env: string[];
+  memoryMaxMib: number;
+  cpuBudget?: bigint;
+  traceCalls?: string;
+}
+
+export function addRunCommand(program: Command): void {
+  addVmOptions(program.command('run'))
+    .description('run a WASI module as a VM on this machine, in the foreground')
+    .action(async (wasm: string, args: string[], opts: VmCliOptions) => {
+      process.exitCode = await runCommand(wasm, args, opts);
+    });
+}
+
+/** The exit status for a VM outcome (the table in DESIGN.md §5). */
+export function exitStatusFor(outcome: VmOutcome): number {
+  switch (outcome.stop) {
+    case 'exit':
+      return outcome.exitCode;
+    case 'trap':
+      return EXIT_TRAP;
+    case 'limit':
+      return EXIT_LIMIT;
+    case 'signal':
+    case 'killed':
+      return outcome.reason === StopReason.SIGTERM ? 143 : outcome.reason === StopReason.SIGINT ? 130 : EXIT_LIMIT;
+    case 'host-error':
+      return EXIT_REFUSED;
+  }
+}
+
+export function describeOutcome(outcome: VmOutcome): string | null {
+  switch (outcome.stop) {
+    case 'exit':
+      return null;
+    case 'trap':
+      return `lockstep: the guest trapped: ${outcome.message}`;
+    case 'limit':
+      return `lockstep: the guest was stopped: ${outcome.message}`;
+    case 'signal':
+      return 'lockstep: stopped by signal';
+    case 'killed':
+      return 'lockstep: stopped (the guest made no host call within the grace period, so it was terminated)';
+    case 'host-error':
+      return `lockstep: internal error in the host: ${outcome.message}`;
+  }
+}
+
+async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
+  const loaded = await Vm.load({
+    wasmPath: wasm,
+    args: [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
+    env: opts.env,
+    listen: opts.listen,
+    disk: opts.disk ?? null,
+    dirs: opts.dir,
+    memoryMaxMib: opts.memoryMaxMib,
+    cpuBudget: opts.cpuBudget ?? null,
+    traceCallsPath: opts.traceCalls ?? null,
+  });
+  if (!loaded.ok) {
+    process.stderr.write(`lockstep: ${loaded.error.message}\n`);
+    return EXIT_REFUSED;
+  }
+  const vm = loaded.vm;
+  let addresses: ListenSpec[];
+  try {
+    addresses = await vm.start();
+  } catch (e) {
+    process.stderr.write(`lockstep: cannot listen: ${(e as Error).message}\n`);
+    return EXIT_REFUSED;
+  }
+  addresses.forEach((a, i) => {
+    const shown = a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+    process.stderr.write(`lockstep: listening on ${shown} (fd ${3 + i})\n`);
+  });
+  const onSigint = (): void => vm.stop(StopReason.SIGINT);
+  const onSigterm = (): void => vm.stop(StopReason.SIGTERM);
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigterm);
+  const outcome = await vm.wait();
+  process.off('SIGINT', onSigint);
+  process.off('SIGTERM', onSigterm);
+  const msg = describeOutcome(outcome);
+  if (msg !== null) process.stderr.write(msg + '\n');
+  return exitStatusFor(outcome);
+}

@@ -1,0 +1,186 @@
+/**
+ * Vm: one guest's lifecycle on the host's main thread.
+ *
+ * Role: load and instrument the module (refusing bad ones with a clear error),
+ * bind the listeners, start the vCPU worker, relay its I/O messages to the
+ * NetDevice, and resolve with how the guest stopped.
+ *
+ * Invariants:
+ * - load() changes nothing on the host when it refuses a module or an option.
+ * - wait() resolves exactly once, after the worker has ended and the devices
+ *   are closed; the host process survives whatever the guest did.
+ * - stop() asks the guest to stop at its next host call; if it is computing
+ *   without host calls, the worker is terminated after a grace period.
+ */
+import { Worker, MessageChannel } from 'node:worker_threads';
+import { readFile } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { Channel, Ctl } from './channel.js';
+import { NetDevice, type ListenSpec } from '../io/net-device.js';
+import type { VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
+import type { Preopen } from './fs/fs.js';
+import { WASI_FUNCTIONS, WASI_MODULE } from '../wasi/abi.js';
+import { instrument, type InstrumentedModule } from './instrument/index.js';
+import { StopReason } from './wasi/signals.js';
+
+/** 64 KiB wasm pages per MiB. */
+export const PAGES_PER_MIB = 16;
+/** Default memory limit: generous for services, far below wasm32's 4 GiB. */
+export const MEMORY_MAX_MIB_DEFAULT = 512;
+/**
+ * Fixed call-depth limit. It is part of the VM's definition (a backup must
+ * stop at the same depth), well below what V8's byte-based stack allows in
+ * the vCPU worker with VCPU_STACK_MIB.
+ */
+export const CALL_DEPTH_MAX = 10_000;
+/** The vCPU worker's stack; generous so the depth counter, not V8, is what stops deep recursion. */
+const VCPU_STACK_MIB = 16;
+/** How long a stop request may wait for a host call before the worker is terminated. */
+const STOP_GRACE_MS = 2000;
+
+export interface VmConfig {
+  wasmPath: string;
+  args: string[];
+  env: string[];
+  listen: ListenSpec[];
+  /** Host folder preopened as /data, or null for no disk. */
+  disk: string | null;
+  dirs: Preopen[];
+  memoryMaxMib: number;
+  /** CPU budget in fuel units, or null. */
+  cpuBudget: bigint | null;
+  cacheDir?: string;
+  stdin?: Readable | null;
+  /** Writes per-function host-call counts here as JSON when the guest stops (for coverage tests). */
+  traceCallsPath?: string | null;
+}
+
+export type VmLoadError = { code: 'io' | 'instrument' | 'option'; message: string };
+
+export type VmOutcome = VcpuResult | { type: 'result'; stop: 'killed'; reason: number };
+
+export function defaultCacheDir(): string {
+  return process.env['LOCKSTEP_CACHE_DIR'] ?? path.join(process.env['XDG_CACHE_HOME'] ?? path.join(homedir(), '.cache'), 'lockstep');
+}
+
+export const KNOWN_IMPORTS: ReadonlySet<string> = new Set(WASI_FUNCTIONS.map((f) => `${WASI_MODULE}.${f}`));
+
+export class Vm {
+  private worker: Worker | null = null;
+  private net: NetDevice | null = null;
+  private readonly ctl = new Ctl();
+  private outcome: Promise<VmOutcome> | null = null;
+  private killTimer: NodeJS.Timeout | null = null;
+  private stopReason = 0;
+
+  private constructor(
+    readonly config: VmConfig,
+    readonly module: InstrumentedModule,
+    readonly preopens: Preopen[],
+  ) {}
+
+  /** Reads, validates and instruments the module. Nothing is started. */
+  static async load(config: VmConfig): Promise<{ ok: true; vm: Vm } | { ok: false; error: VmLoadError }> {
+    const preopens: Preopen[] = [];
+    if (config.disk !== null) preopens.push({ guestPath: '/data', hostPath: path.resolve(config.disk) });
+    for (const d of config.dirs) preopens.push({ guestPath: d.guestPath, hostPath: path.resolve(d.hostPath) });
+    for (const p of preopens) {
+      let isDir = false;
+      try {
+        isDir = statSync(p.hostPath).isDirectory();
+      } catch {
+        return { ok: false, error: { code: 'option', message: `folder for ${p.guestPath} does not exist: ${p.hostPath}` } };
+      }
+      if (!isDir) return { ok: false, error: { code: 'option', message: `not a folder: ${p.hostPath}` } };
+    }
+    if (!(config.memoryMaxMib >= 1 && config.memoryMaxMib <= 4096)) {
+      return { ok: false, error: { code: 'option', message: 'memory limit must be between 1 and 4096 MiB' } };
+    }
+    let source: Uint8Array;
+    try {
+      source = await readFile(config.wasmPath);
+    } catch (e) {
+      return { ok: false, error: { code: 'io', message: `cannot read ${config.wasmPath}: ${(e as Error).message}` } };
+    }
+    const r = await instrument(
+      source,
+      {
+        memoryMaxPages: config.memoryMaxMib * PAGES_PER_MIB,
+        callDepthMax: CALL_DEPTH_MAX,
+        fuel: config.cpuBudget !== null,
+      },
+      KNOWN_IMPORTS,
+      config.cacheDir ?? defaultCacheDir(),
+    );
+    if (!r.ok) return { ok: false, error: { code: 'instrument', message: `${config.wasmPath}: ${r.error.message}` } };
+    return { ok: true, vm: new Vm(config, r.module, preopens) };
+  }
+
+  /** Binds the listeners and starts the vCPU. Resolves with the bound addresses. */
+  async start(): Promise<ListenSpec[]> {
+    const io = new MessageChannel();
+    const stdinCh = Channel.create(64 * 1024, 1024);
+    this.net = new NetDevice(this.ctl, io.port1, this.config.listen, {
+      ch: stdinCh,
+      source: this.config.stdin === undefined ? process.stdin : this.config.stdin,
+    });
+    const addresses = await this.net.listen();
+    this.net.start();
+    const init: VcpuInit = {
+      moduleBytes: this.module.bytes,
+      args: this.config.args,
+      env: this.config.env,
+      listenerCount: this.config.listen.length,
+      preopens: this.preopens,
+      ctlSab: this.ctl.sab,
+      stdinSab: stdinCh.sab,
+      ioPort: io.port2,
+      fuel: this.config.cpuBudget,
+      traceCallsPath: this.config.traceCallsPath ?? null,
+    };
+    const workerUrl = new URL('./vcpu.js', import.meta.url);
+    const worker = new Worker(workerUrl, {
+      workerData: init,
+      transferList: [io.port2],
+      resourceLimits: { stackSizeMb: VCPU_STACK_MIB },
+      stdout: false,
+      stderr: false,
+    });
+    this.worker = worker;
+    this.outcome = new Promise<VmOutcome>((resolve) => {
+      let result: VcpuResult | null = null;
+      worker.on('message', (m: VcpuMessage) => {
+        if (m.type === 'io') this.net?.onVcpuMessage(m.msg);
+        else result = m;
+      });
+      worker.on('error', (e) => {
+        result ??= { type: 'result', stop: 'host-error', message: e.stack ?? e.message };
+      });
+      worker.on('exit', () => {
+        if (this.killTimer) clearTimeout(this.killTimer);
+        const net = this.net;
+        const done = (): void =>
+          resolve(result ?? { type: 'result', stop: 'killed', reason: this.stopReason || StopReason.HOST });
+        if (net) void net.close().then(done, done);
+        else done();
+      });
+    });
+    return addresses;
+  }
+
+  /** Asks the guest to stop; terminates the worker if it makes no host call within the grace period. */
+  stop(reason: number): void {
+    if (this.worker === null || this.stopReason !== 0) return;
+    this.stopReason = reason;
+    this.ctl.requestStop(reason);
+    this.killTimer = setTimeout(() => void this.worker?.terminate(), STOP_GRACE_MS);
+  }
+
+  wait(): Promise<VmOutcome> {
+    if (this.outcome === null) throw new Error('Vm.wait() before start()');
+    return this.outcome;
+  }
+}

@@ -1,0 +1,1209 @@
+/**
+ * The WASI preview1 host: every `wasi_snapshot_preview1` import, running on the
+ * vCPU thread.
+ *
+ * Role: decode arguments from guest memory, dispatch on the descriptor's kind
+ * (stdio, listener, socket, file, directory), and write results back. Files
+ * and directories are delegated to the FileSystem (src/vm/fs); sockets and
+ * stdin are Channels shared with the I/O side (src/vm/channel.ts); clocks,
+ * entropy and the stdout/stderr sinks are capabilities handed in, so record
+ * and replay can substitute them.
+ *
+ * Invariants:
+ * - Host calls never throw into the guest except the control signals ProcExit
+ *   and StopRequested; a bad guest pointer becomes errno FAULT.
+ * - Every write into guest memory goes through GuestMemory (so it is journaled).
+ * - The vCPU blocks only when the guest really waits (poll, accept, recv or
+ *   send with nothing possible on a blocking descriptor), and then in
+ *   Atomics.wait on the control block, so a stop request always wakes it.
+ * - Descriptor numbers are allocated lowest-free, so they are deterministic.
+ */
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import {
+  Clockid,
+  Errno,
+  Eventrwflags,
+  Eventtype,
+  Fdflags,
+  Filetype,
+  Layout,
+  PREOPENTYPE_LISTENER,
+  Preopentype,
+  Riflags,
+  RIGHTS_LISTENER,
+  RIGHTS_SOCKET,
+  RIGHTS_STDIO,
+  Sdflags,
+  Subclockflags,
+  WASI_FUNCTIONS,
+  type WasiFunctionName,
+} from '../../wasi/abi.js';
+import { GuestFault, GuestMemory, encodeUtf8 } from '../../wasi/memory.js';
+import { Channel, type Ctl, RxFlag, TxFlag } from '../channel.js';
+import type { DirHandle, FileHandle, FileStat, FileSystem } from '../fs/fs.js';
+import { ProcExit, StopRequested } from './signals.js';
+import type { Clock } from '../../io/clock.js';
+import type { Entropy } from '../../io/entropy.js';
+
+/** A guest descriptor. */
+type FdEntry =
+  | { kind: 'stdin'; ch: Channel; fdflags: number }
+  | { kind: 'stdout' | 'stderr'; fdflags: number }
+  | { kind: 'listener'; listener: number; fdflags: number }
+  | { kind: 'socket'; ch: Channel; connId: number; fdflags: number }
+  | { kind: 'file'; h: FileHandle }
+  | { kind: 'dir'; h: DirHandle };
+
+/** Messages the I/O side posts to the vCPU's port. */
+export type IoToVcpuMessage = { type: 'conn'; listener: number; connId: number; sab: SharedArrayBuffer };
+
+/** Messages the vCPU posts to the I/O side. */
+export type VcpuToIoMessage =
+  | { type: 'listener-closed'; listener: number }
+  | { type: 'conn-dropped'; connId: number }
+  | { type: 'stdin-wanted' };
+
+export interface OutputSinks {
+  /** Writes guest stdout bytes; returns when they are handed to the host. */
+  stdout(bytes: Uint8Array): void;
+  stderr(bytes: Uint8Array): void;
+}
+
+export interface WasiHostConfig {
+  args: readonly string[];
+  /** "KEY=VALUE" strings, in the order given. */
+  env: readonly string[];
+  /** Number of preopened listeners; they become fds 3 .. 3+n-1. */
+  listenerCount: number;
+  stdin: Channel;
+}
+
+export interface WasiHostCaps {
+  clock: Clock;
+  entropy: Entropy;
+  out: OutputSinks;
+  ctl: Ctl;
+  /** The port on which the I/O side posts IoToVcpuMessage. */
+  ioPort: MessagePort;
+  /** Posts a message to the I/O side. */
+  postToIo(msg: VcpuToIoMessage): void;
+  fs: FileSystem;
+}
+
+/** Limits on what one guest can make the host hold. */
+export const FD_COUNT_MAX = 4096;
+/** A poll_oneoff call cannot make the host walk more subscriptions than this. */
+export const POLL_SUBSCRIPTIONS_MAX = 4096;
+/** A single sock_send/fd_write to a socket is accepted in chunks; nothing else bounds it. */
+const NS_PER_MS = 1_000_000n;
+
+export type WasiImports = Record<WasiFunctionName, (...args: never[]) => number | bigint | void>;
+
+export class WasiHost {
+  private mem: GuestMemory | null = null;
+  private readonly fds = new Map<number, FdEntry>();
+  /** Offered connections per listener, in arrival order. */
+  private readonly pending = new Map<number, { connId: number; sab: SharedArrayBuffer }[]>();
+  private msgSeen = 0;
+  /** Per-function call and errno counts, when tracing is on (tests use it to prove coverage). */
+  readonly trace: Map<string, Map<number, number>> | null;
+  private readonly argvBytes: Uint8Array[];
+  private readonly envBytes: Uint8Array[];
+
+  constructor(
+    cfg: WasiHostConfig,
+    private readonly caps: WasiHostCaps,
+    opts: { traceCalls?: boolean } = {},
+  ) {
+    this.trace = opts.traceCalls === true ? new Map() : null;
+    // One encoder for both the sizes and the bytes (the browser_wasi_shim bug #109 lesson).
+    this.argvBytes = cfg.args.map((a) => encodeUtf8(a + '\0'));
+    this.envBytes = cfg.env.map((e) => encodeUtf8(e + '\0'));
+    this.fds.set(0, { kind: 'stdin', ch: cfg.stdin, fdflags: 0 });
+    this.fds.set(1, { kind: 'stdout', fdflags: Fdflags.APPEND });
+    this.fds.set(2, { kind: 'stderr', fdflags: Fdflags.APPEND });
+    let fd = 3;
+    for (let i = 0; i < cfg.listenerCount; i++) {
+      this.fds.set(fd++, { kind: 'listener', listener: i, fdflags: 0 });
+      this.pending.set(i, []);
+    }
+    for (let i = 0; i < caps.fs.preopenCount(); i++) {
+      this.fds.set(fd++, { kind: 'dir', h: caps.fs.openPreopen(i) });
+    }
+  }
+
+  bindMemory(memory: WebAssembly.Memory): GuestMemory {
+    this.mem = new GuestMemory(memory);
+    return this.mem;
+  }
+
+  get memory(): GuestMemory {
+    if (this.mem === null) throw new Error('WasiHost: memory not bound before the first host call');
+    return this.mem;
+  }
+
+  /** The import object for `wasi_snapshot_preview1`, each function wrapped by the host-call gate. */
+  imports(): WasiImports {
+    const out = {} as Record<string, (...args: never[]) => number | bigint | void>;
+    for (const name of WASI_FUNCTIONS) {
+      const impl = (this as unknown as Record<string, (...a: unknown[]) => number>)[name];
+      if (typeof impl !== 'function') throw new Error(`WasiHost lacks ${name}`);
+      out[name] = this.gate(name, impl.bind(this));
+    }
+    return out as WasiImports;
+  }
+
+  /**
+   * The host-call gate: refreshes memory views after a grow, honours a stop
+   * request, and turns guest faults into errno FAULT.
+   */
+  private gate(name: string, impl: (...a: unknown[]) => number): (...a: never[]) => number {
+    const ctl = this.caps.ctl;
+    if (this.trace !== null) {
+      const counts = new Map<number, number>();
+      this.trace.set(name, counts);
+      const inner = impl;
+      impl = (...args: unknown[]) => {
+        let r: number | undefined;
+        try {
+          r = inner(...args);
+          return r;
+        } finally {
+          // proc_exit and stop signals count as calls with no errno (-1).
+          const key = typeof r === 'number' ? r : -1;
+          counts.set(key, (counts.get(key) ?? 0) + 1);
+        }
+      };
+    }
+    return (...args: unknown[]) => {
+      const stop = ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      this.memory.refresh();
+      try {
+        return impl(...args);
+      } catch (e) {
+        if (e instanceof GuestFault) return Errno.FAULT;
+        if (e instanceof ProcExit || e instanceof StopRequested) throw e;
+        // A host bug must not look like a guest error; it stops the VM with the host's message.
+        throw e instanceof Error ? new HostCallError(name, e) : e;
+      }
+    };
+  }
+
+  // ------------------------------------------------------------------ args, environ
+
+  private writeStrings(list: Uint8Array[], ptrsPtr: number, bufPtr: number): number {
+    const mem = this.memory;
+    let p = bufPtr;
+    for (let i = 0; i < list.length; i++) {
+      const b = list[i]!;
+      mem.setU32(ptrsPtr + i * 4, p);
+      mem.write(p, b);
+      p += b.byteLength;
+    }
+    return Errno.SUCCESS;
+  }
+
+  private writeSizes(list: Uint8Array[], countPtr: number, sizePtr: number): number {
+    const total = list.reduce((n, b) => n + b.byteLength, 0);
+    this.memory.setU32(countPtr, list.length);
+    this.memory.setU32(sizePtr, total);
+    return Errno.SUCCESS;
+  }
+
+  args_get(argvPtr: number, bufPtr: number): number {
+    return this.writeStrings(this.argvBytes, argvPtr, bufPtr);
+  }
+  args_sizes_get(countPtr: number, sizePtr: number): number {
+    return this.writeSizes(this.argvBytes, countPtr, sizePtr);
+  }
+  environ_get(envPtr: number, bufPtr: number): number {
+    return this.writeStrings(this.envBytes, envPtr, bufPtr);
+  }
+  environ_sizes_get(countPtr: number, sizePtr: number): number {
+    return this.writeSizes(this.envBytes, countPtr, sizePtr);
+  }
+
+  // ------------------------------------------------------------------ clocks, random
+
+  private now(clockId: number): bigint | null {
+    const c = this.caps.clock;
+    switch (clockId) {
+      case Clockid.REALTIME:
+        return c.realtimeNs();
+      case Clockid.MONOTONIC:
+        return c.monotonicNs();
+      case Clockid.PROCESS_CPUTIME_ID:
+      case Clockid.THREAD_CPUTIME_ID:
+        return c.cpuTimeNs();
+      default:
+        return null;
+    }
+  }
+
+  clock_res_get(clockId: number, resPtr: number): number {
+    let res: bigint;
+    switch (clockId) {
+      case Clockid.REALTIME:
+        res = 1000n; // the wall clock is read with microsecond precision
+        break;
+      case Clockid.MONOTONIC:
+        res = 1n; // process.hrtime.bigint() has nanosecond resolution
+        break;
+      case Clockid.PROCESS_CPUTIME_ID:
+      case Clockid.THREAD_CPUTIME_ID:
+        res = 1000n; // process.cpuUsage() reports microseconds
+        break;
+      default:
+        return Errno.INVAL;
+    }
+    this.memory.setU64(resPtr, res);
+    return Errno.SUCCESS;
+  }
+
+  clock_time_get(clockId: number, _precision: bigint, timePtr: number): number {
+    const t = this.now(clockId);
+    if (t === null) return Errno.INVAL;
+    this.memory.setU64(timePtr, t);
+    return Errno.SUCCESS;
+  }
+
+  random_get(bufPtr: number, len: number): number {
+    const view = this.memory.view(bufPtr, len);
+    this.caps.entropy.fill(view);
+    this.memory.noteExternalWrite(bufPtr, len);
+    return Errno.SUCCESS;
+  }
+
+  // ------------------------------------------------------------------ process
+
+  proc_exit(code: number): never {
+    throw new ProcExit(code >>> 0);
+  }
+
+  /** ENOSYS on purpose: preview1's proc_raise has no portable meaning and was removed from later WASI. */
+  proc_raise(_sig: number): number {
+    return Errno.NOSYS;
+  }
+
+  sched_yield(): number {
+    // The vCPU is its own thread; there is nothing to yield to. A pending stop was checked by the gate.
+    return Errno.SUCCESS;
+  }
+
+  // ------------------------------------------------------------------ descriptors
+
+  private entry(fd: number): FdEntry | undefined {
+    return this.fds.get(fd);
+  }
+
+  private allocFd(e: FdEntry): number | null {
+    if (this.fds.size >= FD_COUNT_MAX) return null;
+    let fd = 3;
+    while (this.fds.has(fd)) fd++;
+    this.fds.set(fd, e);
+    return fd;
+  }
+
+  fd_close(fd: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    this.fds.delete(fd);
+    switch (e.kind) {
+      case 'file':
+      case 'dir': {
+        const r = this.caps.fs.close(e.h);
+        return r.ok ? Errno.SUCCESS : r.errno;
+      }
+      case 'socket':
+        e.ch.setTxFlag(TxFlag.CLOSE);
+        this.caps.ctl.pokeIo();
+        return Errno.SUCCESS;
+      case 'listener':
+        this.caps.postToIo({ type: 'listener-closed', listener: e.listener });
+        for (const offer of this.pending.get(e.listener) ?? []) {
+          this.caps.postToIo({ type: 'conn-dropped', connId: offer.connId });
+        }
+        this.pending.set(e.listener, []);
+        return Errno.SUCCESS;
+      default:
+        return Errno.SUCCESS;
+    }
+  }
+
+  fd_renumber(from: number, to: number): number {
+    const e = this.entry(from);
+    if (!e || !this.fds.has(to)) return Errno.BADF;
+    if (from === to) return Errno.SUCCESS;
+    const closed = this.fd_close(to);
+    if (closed !== Errno.SUCCESS) return closed;
+    this.fds.delete(from);
+    this.fds.set(to, e);
+    return Errno.SUCCESS;
+  }
+
+  fd_fdstat_get(fd: number, statPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    const L = Layout.fdstat;
+    let filetype: number, flags: number, base: bigint, inheriting: bigint;
+    switch (e.kind) {
+      case 'stdin':
+      case 'stdout':
+      case 'stderr':
+        [filetype, flags, base, inheriting] = [Filetype.CHARACTER_DEVICE, e.fdflags, RIGHTS_STDIO, 0n];
+        break;
+      case 'listener':
+        [filetype, flags, base, inheriting] = [Filetype.SOCKET_STREAM, e.fdflags, RIGHTS_LISTENER, RIGHTS_SOCKET];
+        break;
+      case 'socket':
+        [filetype, flags, base, inheriting] = [Filetype.SOCKET_STREAM, e.fdflags, RIGHTS_SOCKET, 0n];
+        break;
+      case 'file':
+        [filetype, flags, base, inheriting] = [
+          Filetype.REGULAR_FILE,
+          e.h.fdflags,
+          e.h.rightsBase,
+          e.h.rightsInheriting,
+        ];
+        break;
+      case 'dir':
+        [filetype, flags, base, inheriting] = [Filetype.DIRECTORY, e.h.fdflags, e.h.rightsBase, e.h.rightsInheriting];
+        break;
+    }
+    const mem = this.memory;
+    mem.check(statPtr, L.size);
+    mem.fill(statPtr, L.size, 0);
+    mem.setU8(statPtr + L.filetype, filetype);
+    mem.setU16(statPtr + L.flags, flags);
+    mem.setU64(statPtr + L.rightsBase, base);
+    mem.setU64(statPtr + L.rightsInheriting, inheriting);
+    return Errno.SUCCESS;
+  }
+
+  fd_fdstat_set_flags(fd: number, flags: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    switch (e.kind) {
+      case 'file':
+      case 'dir': {
+        const r = this.caps.fs.setFdflags(e.h, flags);
+        return r.ok ? Errno.SUCCESS : r.errno;
+      }
+      default:
+        // Streams honour only NONBLOCK (stdout and stderr always append).
+        if ((flags & ~Fdflags.NONBLOCK) !== 0 && e.kind !== 'stdout' && e.kind !== 'stderr') return Errno.INVAL;
+        e.fdflags = (e.kind === 'stdout' || e.kind === 'stderr' ? Fdflags.APPEND : 0) | (flags & Fdflags.NONBLOCK);
+        return Errno.SUCCESS;
+    }
+  }
+
+  fd_fdstat_set_rights(fd: number, base: bigint, inheriting: bigint): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind === 'file' || e.kind === 'dir') {
+      const r = this.caps.fs.setRights(e.h, base, inheriting);
+      return r.ok ? Errno.SUCCESS : r.errno;
+    }
+    // Streams carry fixed rights; asking for no more than they have is a successful no-op.
+    const have = e.kind === 'socket' ? RIGHTS_SOCKET : e.kind === 'listener' ? RIGHTS_LISTENER : RIGHTS_STDIO;
+    return (base & ~have) === 0n ? Errno.SUCCESS : Errno.NOTCAPABLE;
+  }
+
+  private writeFilestat(ptr: number, st: FileStat): void {
+    const L = Layout.filestat;
+    const mem = this.memory;
+    mem.check(ptr, L.size);
+    mem.fill(ptr, L.size, 0);
+    mem.setU64(ptr + L.dev, st.dev);
+    mem.setU64(ptr + L.ino, st.ino);
+    mem.setU8(ptr + L.filetype, st.filetype);
+    mem.setU64(ptr + L.nlink, st.nlink);
+    mem.setU64(ptr + L.fileSize, st.size);
+    mem.setU64(ptr + L.atim, st.atimNs);
+    mem.setU64(ptr + L.mtim, st.mtimNs);
+    mem.setU64(ptr + L.ctim, st.ctimNs);
+  }
+
+  fd_filestat_get(fd: number, ptr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind === 'file' || e.kind === 'dir') {
+      const r = this.caps.fs.fdFilestatGet(e.h);
+      if (!r.ok) return r.errno;
+      this.writeFilestat(ptr, r.value);
+      return Errno.SUCCESS;
+    }
+    // Streams have virtual, deterministic metadata: device 0, inode = fd, no size, no times.
+    const filetype = e.kind === 'socket' || e.kind === 'listener' ? Filetype.SOCKET_STREAM : Filetype.CHARACTER_DEVICE;
+    this.writeFilestat(ptr, {
+      dev: 0n,
+      ino: BigInt(fd),
+      filetype,
+      nlink: 1n,
+      size: 0n,
+      atimNs: 0n,
+      mtimNs: 0n,
+      ctimNs: 0n,
+    });
+    return Errno.SUCCESS;
+  }
+
+  fd_filestat_set_size(fd: number, size: bigint): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.INVAL;
+    const r = this.caps.fs.setSize(e.h, size);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_filestat_set_times(fd: number, atim: bigint, mtim: bigint, fstflags: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file' && e.kind !== 'dir') return Errno.INVAL;
+    const r = this.caps.fs.fdFilestatSetTimes(e.h, atim, mtim, fstflags);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_advise(fd: number, offset: bigint, len: bigint, advice: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.BADF : Errno.SPIPE;
+    const r = this.caps.fs.advise(e.h, offset, len, advice);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_allocate(fd: number, offset: bigint, len: bigint): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.BADF : Errno.SPIPE;
+    const r = this.caps.fs.allocate(e.h, offset, len);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_datasync(fd: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file' && e.kind !== 'dir') return Errno.INVAL;
+    const r = this.caps.fs.datasync(e.h);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_sync(fd: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file' && e.kind !== 'dir') return Errno.INVAL;
+    const r = this.caps.fs.sync(e.h);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  fd_seek(fd: number, delta: bigint, whence: number, newOffsetPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.SPIPE;
+    this.memory.check(newOffsetPtr, 8);
+    const r = this.caps.fs.seek(e.h, delta, whence);
+    if (!r.ok) return r.errno;
+    this.memory.setU64(newOffsetPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  fd_tell(fd: number, offsetPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.SPIPE;
+    this.memory.check(offsetPtr, 8);
+    const r = this.caps.fs.tell(e.h);
+    if (!r.ok) return r.errno;
+    this.memory.setU64(offsetPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  fd_prestat_get(fd: number, ptr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    const L = Layout.prestat;
+    if (e.kind === 'listener') {
+      // Success with a non-directory tag, so preopen scans continue past listeners (DESIGN.md §5).
+      this.memory.check(ptr, L.size);
+      this.memory.fill(ptr, L.size, 0);
+      this.memory.setU8(ptr + L.tag, PREOPENTYPE_LISTENER);
+      return Errno.SUCCESS;
+    }
+    if (e.kind !== 'dir') return Errno.BADF;
+    const guestPath = this.caps.fs.preopenGuestPath(e.h);
+    if (guestPath === null) return Errno.BADF;
+    this.memory.check(ptr, L.size);
+    this.memory.fill(ptr, L.size, 0);
+    this.memory.setU8(ptr + L.tag, Preopentype.DIR);
+    this.memory.setU32(ptr + L.nameLen, encodeUtf8(guestPath).byteLength);
+    return Errno.SUCCESS;
+  }
+
+  fd_prestat_dir_name(fd: number, pathPtr: number, pathLen: number): number {
+    const e = this.entry(fd);
+    if (!e || e.kind !== 'dir') return Errno.BADF;
+    const guestPath = this.caps.fs.preopenGuestPath(e.h);
+    if (guestPath === null) return Errno.BADF;
+    const bytes = encodeUtf8(guestPath);
+    if (pathLen < bytes.byteLength) return Errno.NAMETOOLONG;
+    this.memory.write(pathPtr, bytes);
+    return Errno.SUCCESS;
+  }
+
+  fd_read(fd: number, iovsPtr: number, iovsLen: number, nreadPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    const mem = this.memory;
+    const bufs = mem.iovecs(iovsPtr, iovsLen);
+    mem.check(nreadPtr, 4);
+    let r: { ok: true; value: number } | { ok: false; errno: number };
+    switch (e.kind) {
+      case 'file':
+        r = this.caps.fs.readv(e.h, bufs);
+        break;
+      case 'stdin':
+        this.wantStdin(e.ch);
+        r = this.streamRead(e.ch, e.fdflags, bufs, 0);
+        break;
+      case 'socket':
+        r = this.streamRead(e.ch, e.fdflags, bufs, 0);
+        break;
+      case 'dir':
+        return Errno.ISDIR;
+      case 'listener':
+        return Errno.NOTCONN;
+      default:
+        return Errno.BADF;
+    }
+    if (!r.ok) return r.errno;
+    this.noteFilled(bufs, r.value);
+    mem.setU32(nreadPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  fd_pread(fd: number, iovsPtr: number, iovsLen: number, offset: bigint, nreadPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.SPIPE;
+    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    this.memory.check(nreadPtr, 4);
+    const r = this.caps.fs.preadv(e.h, bufs, offset);
+    if (!r.ok) return r.errno;
+    this.noteFilled(bufs, r.value);
+    this.memory.setU32(nreadPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  fd_write(fd: number, iovsPtr: number, iovsLen: number, nwrittenPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    const mem = this.memory;
+    const bufs = mem.iovecs(iovsPtr, iovsLen);
+    mem.check(nwrittenPtr, 4);
+    let n: number;
+    switch (e.kind) {
+      case 'stdout':
+      case 'stderr': {
+        n = 0;
+        const sink = e.kind === 'stdout' ? this.caps.out.stdout : this.caps.out.stderr;
+        for (const b of bufs) {
+          if (b.byteLength === 0) continue;
+          sink(b);
+          n += b.byteLength;
+        }
+        break;
+      }
+      case 'file': {
+        const r = this.caps.fs.writev(e.h, bufs);
+        if (!r.ok) return r.errno;
+        n = r.value;
+        break;
+      }
+      case 'socket': {
+        const r = this.streamWrite(e.ch, e.fdflags, bufs);
+        if (!r.ok) return r.errno;
+        n = r.value;
+        break;
+      }
+      case 'dir':
+        return Errno.ISDIR;
+      default:
+        return Errno.BADF;
+    }
+    mem.setU32(nwrittenPtr, n);
+    return Errno.SUCCESS;
+  }
+
+  fd_pwrite(fd: number, iovsPtr: number, iovsLen: number, offset: bigint, nwrittenPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.SPIPE;
+    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    this.memory.check(nwrittenPtr, 4);
+    const r = this.caps.fs.pwritev(e.h, bufs, offset);
+    if (!r.ok) return r.errno;
+    this.memory.setU32(nwrittenPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  fd_readdir(fd: number, bufPtr: number, bufLen: number, cookie: bigint, usedPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'dir') return Errno.NOTDIR;
+    this.memory.check(bufPtr, bufLen);
+    this.memory.check(usedPtr, 4);
+    const r = this.caps.fs.readdir(e.h, cookie, bufLen);
+    if (!r.ok) return r.errno;
+    this.memory.write(bufPtr, r.value);
+    this.memory.setU32(usedPtr, r.value.byteLength);
+    return Errno.SUCCESS;
+  }
+
+  /** Notes the prefix of the iovecs that a read of `n` bytes filled, for the journal. */
+  private noteFilled(bufs: Uint8Array[], n: number): void {
+    let left = n;
+    for (const b of bufs) {
+      if (left <= 0) break;
+      const k = Math.min(left, b.byteLength);
+      this.memory.noteExternalWrite(b.byteOffset, k);
+      left -= k;
+    }
+  }
+
+  // ------------------------------------------------------------------ paths
+
+  private dirOf(fd: number): DirHandle | number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'dir') return Errno.NOTDIR;
+    return e.h;
+  }
+
+  private pathArg(ptr: number, len: number): string | number {
+    if (len > PATH_BYTES_MAX) return Errno.NAMETOOLONG;
+    const s = this.memory.string(ptr, len);
+    return s === null ? Errno.ILSEQ : s;
+  }
+
+  path_create_directory(fd: number, pathPtr: number, pathLen: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    const r = this.caps.fs.pathCreateDirectory(dir, path);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_filestat_get(fd: number, flags: number, pathPtr: number, pathLen: number, statPtr: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    this.memory.check(statPtr, Layout.filestat.size);
+    const r = this.caps.fs.pathFilestatGet(dir, flags, path);
+    if (!r.ok) return r.errno;
+    this.writeFilestat(statPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  path_filestat_set_times(
+    fd: number,
+    flags: number,
+    pathPtr: number,
+    pathLen: number,
+    atim: bigint,
+    mtim: bigint,
+    fstflags: number,
+  ): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    const r = this.caps.fs.pathFilestatSetTimes(dir, flags, path, atim, mtim, fstflags);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_link(
+    oldFd: number,
+    oldFlags: number,
+    oldPathPtr: number,
+    oldPathLen: number,
+    newFd: number,
+    newPathPtr: number,
+    newPathLen: number,
+  ): number {
+    const oldDir = this.dirOf(oldFd);
+    if (typeof oldDir === 'number') return oldDir;
+    const newDir = this.dirOf(newFd);
+    if (typeof newDir === 'number') return newDir;
+    const oldPath = this.pathArg(oldPathPtr, oldPathLen);
+    if (typeof oldPath === 'number') return oldPath;
+    const newPath = this.pathArg(newPathPtr, newPathLen);
+    if (typeof newPath === 'number') return newPath;
+    const r = this.caps.fs.pathLink(oldDir, oldFlags, oldPath, newDir, newPath);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_open(
+    fd: number,
+    dirflags: number,
+    pathPtr: number,
+    pathLen: number,
+    oflags: number,
+    rightsBase: bigint,
+    rightsInheriting: bigint,
+    fdflags: number,
+    fdPtr: number,
+  ): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    this.memory.check(fdPtr, 4);
+    if (this.fds.size >= FD_COUNT_MAX) return Errno.NFILE;
+    const r = this.caps.fs.pathOpen(dir, dirflags, path, oflags, rightsBase, rightsInheriting, fdflags);
+    if (!r.ok) return r.errno;
+    const h = r.value;
+    const newFd = this.allocFd(h.kind === 'file' ? { kind: 'file', h } : { kind: 'dir', h });
+    if (newFd === null) {
+      this.caps.fs.close(h);
+      return Errno.NFILE;
+    }
+    this.memory.setU32(fdPtr, newFd);
+    return Errno.SUCCESS;
+  }
+
+  path_readlink(fd: number, pathPtr: number, pathLen: number, bufPtr: number, bufLen: number, usedPtr: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    this.memory.check(bufPtr, bufLen);
+    this.memory.check(usedPtr, 4);
+    const r = this.caps.fs.pathReadlink(dir, path);
+    if (!r.ok) return r.errno;
+    // Like readlink(2), a short buffer truncates silently.
+    const bytes = r.value.subarray(0, bufLen);
+    this.memory.write(bufPtr, bytes);
+    this.memory.setU32(usedPtr, bytes.byteLength);
+    return Errno.SUCCESS;
+  }
+
+  path_remove_directory(fd: number, pathPtr: number, pathLen: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    const r = this.caps.fs.pathRemoveDirectory(dir, path);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_rename(
+    oldFd: number,
+    oldPathPtr: number,
+    oldPathLen: number,
+    newFd: number,
+    newPathPtr: number,
+    newPathLen: number,
+  ): number {
+    const oldDir = this.dirOf(oldFd);
+    if (typeof oldDir === 'number') return oldDir;
+    const newDir = this.dirOf(newFd);
+    if (typeof newDir === 'number') return newDir;
+    const oldPath = this.pathArg(oldPathPtr, oldPathLen);
+    if (typeof oldPath === 'number') return oldPath;
+    const newPath = this.pathArg(newPathPtr, newPathLen);
+    if (typeof newPath === 'number') return newPath;
+    const r = this.caps.fs.pathRename(oldDir, oldPath, newDir, newPath);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_symlink(oldPathPtr: number, oldPathLen: number, fd: number, newPathPtr: number, newPathLen: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const target = this.pathArg(oldPathPtr, oldPathLen);
+    if (typeof target === 'number') return target;
+    const newPath = this.pathArg(newPathPtr, newPathLen);
+    if (typeof newPath === 'number') return newPath;
+    const r = this.caps.fs.pathSymlink(target, dir, newPath);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  path_unlink_file(fd: number, pathPtr: number, pathLen: number): number {
+    const dir = this.dirOf(fd);
+    if (typeof dir === 'number') return dir;
+    const path = this.pathArg(pathPtr, pathLen);
+    if (typeof path === 'number') return path;
+    const r = this.caps.fs.pathUnlinkFile(dir, path);
+    return r.ok ? Errno.SUCCESS : r.errno;
+  }
+
+  // ------------------------------------------------------------------ streams and sockets
+
+  /** Drains the I/O side's messages into local queues; cheap when there are none. */
+  private drainMessages(): void {
+    const seq = Atomics.load(this.caps.ctl.i32, 2 /* CtlSlot.MSG */);
+    if (seq === this.msgSeen) return;
+    this.msgSeen = seq;
+    for (;;) {
+      const m = receiveMessageOnPort(this.caps.ioPort);
+      if (m === undefined) break;
+      const msg = m.message as IoToVcpuMessage;
+      if (msg.type === 'conn') {
+        const q = this.pending.get(msg.listener);
+        if (q) q.push({ connId: msg.connId, sab: msg.sab });
+        else this.caps.postToIo({ type: 'conn-dropped', connId: msg.connId });
+      }
+    }
+  }
+
+  private wantStdin(ch: Channel): void {
+    if ((ch.rxFlags() & RxFlag.WANTED) === 0) {
+      ch.setRxFlag(RxFlag.WANTED);
+      this.caps.postToIo({ type: 'stdin-wanted' });
+    }
+  }
+
+  /**
+   * Blocks the vCPU until `ready()` holds or the deadline (monotonic ns) passes.
+   * Returns whether ready() held. The wake sequence is read before ready() is
+   * evaluated, so a wake between the check and the wait is never lost.
+   */
+  private blockUntil(ready: () => boolean, deadlineNs: bigint | null): boolean {
+    const ctl = this.caps.ctl;
+    for (;;) {
+      const seen = ctl.wakeSeq();
+      this.drainMessages();
+      if (ready()) return true;
+      const stop = ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      let timeoutMs = Infinity;
+      if (deadlineNs !== null) {
+        const left = deadlineNs - this.caps.clock.monotonicNs();
+        if (left <= 0n) return false;
+        timeoutMs = Number(left) / Number(NS_PER_MS);
+      }
+      ctl.waitVcpu(seen, timeoutMs);
+    }
+  }
+
+  private streamRead(
+    ch: Channel,
+    fdflags: number,
+    bufs: Uint8Array[],
+    riflags: number,
+  ): { ok: true; value: number } | { ok: false; errno: number } {
+    const want = bufs.reduce((n, b) => n + b.byteLength, 0);
+    if (want === 0) return { ok: true, value: 0 };
+    if ((ch.txFlags() & TxFlag.SHUT_RD) !== 0) return { ok: true, value: 0 };
+    const readable = (): boolean => ch.rxAvailable() > 0 || (ch.rxFlags() & (RxFlag.EOF | RxFlag.RESET)) !== 0;
+    if (!readable()) {
+      if ((fdflags & Fdflags.NONBLOCK) !== 0) return { ok: false, errno: Errno.AGAIN };
+      this.blockUntil(readable, null);
+    }
+    const peek = (riflags & Riflags.RECV_PEEK) !== 0;
+    let n = ch.rxPull(bufs, peek);
+    if ((riflags & Riflags.RECV_WAITALL) !== 0 && !peek) {
+      // WAITALL: keep reading until the buffers are full or the stream ends.
+      while (n < want) {
+        const rest = sliceBufs(bufs, n);
+        this.blockUntil(readable, null);
+        const k = ch.rxPull(rest);
+        if (k === 0) break;
+        n += k;
+      }
+    }
+    if (n > 0) this.afterRxConsumed(ch);
+    if (n === 0 && (ch.rxFlags() & RxFlag.RESET) !== 0) return { ok: false, errno: Errno.CONNRESET };
+    return { ok: true, value: n };
+  }
+
+  private afterRxConsumed(ch: Channel): void {
+    // The I/O side paused its socket because the ring was full; tell it there is room now.
+    if ((ch.rxFlags() & RxFlag.PAUSED) !== 0) this.caps.ctl.pokeIo();
+  }
+
+  private streamWrite(
+    ch: Channel,
+    fdflags: number,
+    bufs: Uint8Array[],
+  ): { ok: true; value: number } | { ok: false; errno: number } {
+    const total = bufs.reduce((n, b) => n + b.byteLength, 0);
+    if ((ch.txFlags() & (TxFlag.SHUT_WR | TxFlag.CLOSE)) !== 0) return { ok: false, errno: Errno.PIPE };
+    if ((ch.txFlags() & TxFlag.BROKEN) !== 0) return { ok: false, errno: Errno.PIPE };
+    if (total === 0) return { ok: true, value: 0 };
+    let n = 0;
+    const nonblock = (fdflags & Fdflags.NONBLOCK) !== 0;
+    for (;;) {
+      const k = ch.txPush(n === 0 ? bufs : sliceBufs(bufs, n));
+      if (k > 0) this.caps.ctl.pokeIo();
+      n += k;
+      if (n === total) break;
+      if (nonblock) break;
+      // A blocking socket accepts everything, as on Linux: wait for the I/O side to drain the ring.
+      const writable = (): boolean => ch.txSpace() > 0 || (ch.txFlags() & TxFlag.BROKEN) !== 0;
+      ch.setTxFlag(TxFlag.WANT_SPACE);
+      this.blockUntil(writable, null);
+      ch.clearTxFlag(TxFlag.WANT_SPACE);
+      if ((ch.txFlags() & TxFlag.BROKEN) !== 0) break;
+    }
+    if (n === 0) return { ok: false, errno: (ch.txFlags() & TxFlag.BROKEN) !== 0 ? Errno.PIPE : Errno.AGAIN };
+    return { ok: true, value: n };
+  }
+
+  sock_accept(fd: number, flags: number, fdPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'listener') return e.kind === 'socket' ? Errno.INVAL : Errno.NOTSOCK;
+    if ((flags & ~Fdflags.NONBLOCK) !== 0) return Errno.INVAL;
+    this.memory.check(fdPtr, 4);
+    const q = this.pending.get(e.listener)!;
+    const hasOne = (): boolean => q.length > 0;
+    this.drainMessages();
+    if (!hasOne()) {
+      if ((e.fdflags & Fdflags.NONBLOCK) !== 0) return Errno.AGAIN;
+      this.blockUntil(hasOne, null);
+    }
+    const offer = q.shift()!;
+    const newFd = this.allocFd({
+      kind: 'socket',
+      ch: Channel.attach(offer.sab),
+      connId: offer.connId,
+      fdflags: flags & Fdflags.NONBLOCK,
+    });
+    if (newFd === null) {
+      this.caps.postToIo({ type: 'conn-dropped', connId: offer.connId });
+      return Errno.NFILE;
+    }
+    this.memory.setU32(fdPtr, newFd);
+    return Errno.SUCCESS;
+  }
+
+  sock_recv(
+    fd: number,
+    iovsPtr: number,
+    iovsLen: number,
+    riflags: number,
+    nreadPtr: number,
+    roflagsPtr: number,
+  ): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'socket') return Errno.NOTSOCK;
+    if ((riflags & ~(Riflags.RECV_PEEK | Riflags.RECV_WAITALL)) !== 0) return Errno.INVAL;
+    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    this.memory.check(nreadPtr, 4);
+    this.memory.check(roflagsPtr, 2);
+    const r = this.streamRead(e.ch, e.fdflags, bufs, riflags);
+    if (!r.ok) return r.errno;
+    this.noteFilled(bufs, r.value);
+    this.memory.setU32(nreadPtr, r.value);
+    this.memory.setU16(roflagsPtr, 0);
+    return Errno.SUCCESS;
+  }
+
+  sock_send(fd: number, iovsPtr: number, iovsLen: number, siflags: number, nwrittenPtr: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'socket') return Errno.NOTSOCK;
+    if (siflags !== 0) return Errno.INVAL;
+    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    this.memory.check(nwrittenPtr, 4);
+    const r = this.streamWrite(e.ch, e.fdflags, bufs);
+    if (!r.ok) return r.errno;
+    this.memory.setU32(nwrittenPtr, r.value);
+    return Errno.SUCCESS;
+  }
+
+  sock_shutdown(fd: number, how: number): number {
+    const e = this.entry(fd);
+    if (!e) return Errno.BADF;
+    if (e.kind !== 'socket') return Errno.NOTSOCK;
+    if (how === 0 || (how & ~(Sdflags.RD | Sdflags.WR)) !== 0) return Errno.INVAL;
+    if ((how & Sdflags.RD) !== 0) {
+      e.ch.setTxFlag(TxFlag.SHUT_RD);
+      e.ch.rxDiscard();
+    }
+    if ((how & Sdflags.WR) !== 0) e.ch.setTxFlag(TxFlag.SHUT_WR);
+    this.caps.ctl.pokeIo();
+    return Errno.SUCCESS;
+  }
+
+  // ------------------------------------------------------------------ poll
+
+  poll_oneoff(inPtr: number, outPtr: number, nsubs: number, neventsPtr: number): number {
+    if (nsubs === 0) return Errno.INVAL;
+    if (nsubs < 0 || nsubs > POLL_SUBSCRIPTIONS_MAX) return Errno.INVAL;
+    const mem = this.memory;
+    const S = Layout.subscription;
+    const E = Layout.event;
+    mem.check(inPtr, nsubs * S.size);
+    mem.check(outPtr, nsubs * E.size);
+    mem.check(neventsPtr, 4);
+    const subs: Sub[] = [];
+    const startNs = this.caps.clock.monotonicNs();
+    for (let i = 0; i < nsubs; i++) {
+      const p = inPtr + i * S.size;
+      const userdata = mem.u64(p + S.userdata);
+      const tag = mem.u8At(p + S.tag);
+      if (tag === Eventtype.CLOCK) {
+        const clockId = mem.u32(p + S.clockId);
+        const timeout = mem.u64(p + S.clockTimeout);
+        const flags = mem.u16(p + S.clockFlags);
+        // Deadlines are kept on the monotonic clock, so a realtime jump cannot stall a sleep forever.
+        let deadlineNs: bigint;
+        if ((flags & Subclockflags.ABSTIME) !== 0) {
+          const now = this.now(clockId);
+          if (now === null) {
+            subs.push({ userdata, tag, fd: -1, deadlineNs: 0n, error: Errno.INVAL });
+            continue;
+          }
+          deadlineNs = startNs + (timeout > now ? timeout - now : 0n);
+        } else {
+          if (this.now(clockId) === null) {
+            subs.push({ userdata, tag, fd: -1, deadlineNs: 0n, error: Errno.INVAL });
+            continue;
+          }
+          deadlineNs = startNs + timeout;
+        }
+        subs.push({ userdata, tag, fd: -1, deadlineNs, error: Errno.SUCCESS });
+      } else if (tag === Eventtype.FD_READ || tag === Eventtype.FD_WRITE) {
+        subs.push({ userdata, tag, fd: mem.u32(p + S.fd), deadlineNs: 0n, error: Errno.SUCCESS });
+      } else {
+        return Errno.INVAL;
+      }
+    }
+    let events: PollEvent[] = [];
+    const collect = (): boolean => {
+      events = this.pollReady(subs);
+      return events.length > 0;
+    };
+    let deadline: bigint | null = null;
+    for (const s of subs) {
+      if (s.tag === Eventtype.CLOCK && s.error === Errno.SUCCESS && (deadline === null || s.deadlineNs < deadline)) {
+        deadline = s.deadlineNs;
+      }
+    }
+    if (!this.blockUntil(collect, deadline)) collect();
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i]!;
+      const p = outPtr + i * E.size;
+      mem.fill(p, E.size, 0);
+      mem.setU64(p + E.userdata, ev.userdata);
+      mem.setU16(p + E.error, ev.error);
+      mem.setU8(p + E.type, ev.type);
+      mem.setU64(p + E.nbytes, ev.nbytes);
+      mem.setU16(p + E.flags, ev.flags);
+    }
+    mem.setU32(neventsPtr, events.length);
+    return Errno.SUCCESS;
+  }
+
+  /** Evaluates every subscription once, without blocking. */
+  private pollReady(subs: Sub[]): PollEvent[] {
+    const out: PollEvent[] = [];
+    let nowNs: bigint | null = null;
+    for (const s of subs) {
+      if (s.tag === Eventtype.CLOCK) {
+        if (s.error !== Errno.SUCCESS) {
+          out.push({ userdata: s.userdata, error: s.error, type: s.tag, nbytes: 0n, flags: 0 });
+          continue;
+        }
+        nowNs ??= this.caps.clock.monotonicNs();
+        if (nowNs >= s.deadlineNs) out.push({ userdata: s.userdata, error: 0, type: s.tag, nbytes: 0n, flags: 0 });
+        continue;
+      }
+      const r = this.fdReadiness(s.fd, s.tag);
+      if (r !== null) out.push({ userdata: s.userdata, type: s.tag, ...r });
+    }
+    return out;
+  }
+
+  /** Readiness of one descriptor for reading or writing, or null when not ready. */
+  private fdReadiness(fd: number, tag: number): { error: number; nbytes: bigint; flags: number } | null {
+    const e = this.entry(fd);
+    if (!e) return { error: Errno.BADF, nbytes: 0n, flags: 0 };
+    const isRead = tag === Eventtype.FD_READ;
+    switch (e.kind) {
+      case 'file':
+      case 'dir':
+        // Regular files are always ready, as on POSIX.
+        return { error: 0, nbytes: 0n, flags: 0 };
+      case 'stdout':
+      case 'stderr':
+        return isRead ? null : { error: 0, nbytes: 0n, flags: 0 };
+      case 'listener':
+        if (!isRead) return null;
+        return (this.pending.get(e.listener)?.length ?? 0) > 0 ? { error: 0, nbytes: 0n, flags: 0 } : null;
+      case 'stdin':
+      case 'socket': {
+        const ch = e.ch;
+        const rxf = ch.rxFlags();
+        if (isRead) {
+          if (e.kind === 'stdin') this.wantStdin(ch);
+          const avail = ch.rxAvailable();
+          if (avail > 0) return { error: 0, nbytes: BigInt(avail), flags: 0 };
+          if ((rxf & (RxFlag.EOF | RxFlag.RESET)) !== 0 || (ch.txFlags() & TxFlag.SHUT_RD) !== 0) {
+            return { error: 0, nbytes: 0n, flags: Eventrwflags.HANGUP };
+          }
+          return null;
+        }
+        if (e.kind === 'stdin') return null;
+        const txf = ch.txFlags();
+        if ((txf & TxFlag.BROKEN) !== 0 || (rxf & RxFlag.RESET) !== 0) {
+          return { error: 0, nbytes: 0n, flags: Eventrwflags.HANGUP };
+        }
+        const space = ch.txSpace();
+        if (space > 0) return { error: 0, nbytes: BigInt(space), flags: 0 };
+        ch.setTxFlag(TxFlag.WANT_SPACE);
+        return null;
+      }
+    }
+  }
+}
+
+interface Sub {
+  userdata: bigint;
+  tag: number;
+  fd: number;
+  deadlineNs: bigint;
+  error: number;
+}
+
+interface PollEvent {
+  userdata: bigint;
+  error: number;
+  type: number;
+  nbytes: bigint;
+  flags: number;
+}
+
+/** Paths longer than Linux's PATH_MAX are refused before any work. */
+export const PATH_BYTES_MAX = 4096;
+
+/** Views of `bufs` with the first `skip` bytes removed. */
+function sliceBufs(bufs: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let left = skip;
+  for (const b of bufs) {
+    if (left >= b.byteLength) {
+      left -= b.byteLength;
+      continue;
+    }
+    out.push(left > 0 ? b.subarray(left) : b);
+    left = 0;
+  }
+  return out;
+}
+
+/** A failure inside the host's implementation of a call: a Lockstep bug, not a guest error. */
+export class HostCallError extends Error {
+  constructor(
+    readonly call: string,
+    readonly inner: Error,
+  ) {
+    super(`host call ${call} failed: ${inner.message}`);
+    this.stack = inner.stack;
+  }
+}

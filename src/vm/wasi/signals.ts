@@ -1,0 +1,18 @@
+/**
+ * Control-flow signals thrown through the guest's stack by host functions.
+ * They are not errors: the vCPU catches them around `_start` and turns them
+ * into the VM's stop reason.
+ */
+
+/** The guest called proc_exit. */
+export class ProcExit {
+  constructor(readonly code: number) {}
+}
+
+/** The host asked the vCPU to stop (a signal, a stop command) at this host call. */
+export class StopRequested {
+  constructor(readonly reason: number) {}
+}
+
+/** Stop reasons carried in the control block's STOP word. */
+export const StopReason = { NONE: 0, SIGINT: 1, SIGTERM: 2, HOST: 3 } as const;
