@@ -133,7 +133,13 @@ export function describeOutcome(outcome: VmOutcome): string | null {
   }
 }
 
+/** Loading longer than this prints a progress line: instrumenting a module takes seconds the first time. */
+const SLOW_LOAD_NOTICE_MS = 400;
+
 async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
+  const notice = setTimeout(() => {
+    process.stderr.write(`lockstep: instrumenting ${path.basename(wasm)} (once per module; the result is cached)…\n`);
+  }, SLOW_LOAD_NOTICE_MS);
   const loaded = await Vm.load({
     wasmPath: wasm,
     args: [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
@@ -145,6 +151,7 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
     cpuBudget: opts.cpuBudget ?? null,
     traceCallsPath: opts.traceCalls ?? null,
   });
+  clearTimeout(notice);
   if (!loaded.ok) {
     process.stderr.write(`lockstep: ${loaded.error.message}\n`);
     return EXIT_REFUSED;

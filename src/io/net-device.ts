@@ -28,6 +28,8 @@ export interface ListenSpec {
 
 /** Connections one VM may hold open at once; beyond it, new clients are refused. */
 export const CONNECTIONS_MAX = 1024;
+/** How long a stopping VM waits for its last sent bytes to leave before cutting connections. */
+export const CLOSE_FLUSH_MS = 2000;
 
 interface Conn {
   id: number;
@@ -72,7 +74,7 @@ export class NetDevice {
     const out: ListenSpec[] = [];
     for (let i = 0; i < this.specs.length; i++) {
       const spec = this.specs[i]!;
-      const server = net.createServer({ noDelay: true, pauseOnConnect: false });
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true });
       server.on('connection', (s) => this.onConnection(i, s));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
@@ -279,12 +281,29 @@ export class NetDevice {
     this.service();
     this.running = false;
     this.ctl.pokeIo();
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    const flushed: Promise<void>[] = [];
     for (const c of this.conns.values()) {
       if (!c.ended) c.socket.end();
-      // A peer that never reads must not keep the host alive.
-      setTimeout(() => c.socket.destroy(), 1000).unref();
+      // Wait until what the guest sent has left (or the socket failed), so a guest's
+      // last words before exiting reach its client; a peer that never reads gets
+      // CLOSE_FLUSH_MS and is then cut off, so it cannot keep the host waiting.
+      flushed.push(
+        new Promise<void>((resolve) => {
+          if (c.socket.writableFinished || c.socket.destroyed) return resolve();
+          const t = setTimeout(() => {
+            c.socket.destroy();
+            resolve();
+          }, CLOSE_FLUSH_MS);
+          const done = (): void => {
+            clearTimeout(t);
+            resolve();
+          };
+          c.socket.once('finish', done);
+          c.socket.once('close', done);
+        }),
+      );
     }
+    await Promise.all([...this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))), ...flushed]);
     this.conns.clear();
     if (this.stdinStarted) this.stdin.source?.pause();
   }
