@@ -6,7 +6,9 @@ import { fileURLToPath } from 'node:url';
 
 const main = new URL('../dist/src/cli/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(main))) {
-  process.stderr.write('lockstep: not built yet; run `npm ci` (or `npm run build`) in the repository first\n');
+  process.stderr.write(
+    'lockstep: not built yet; run `npm ci` (or `npm run build`) in the repository first\n',
+  );
   process.exit(125);
 }
 const { cliMain } = await import(main.href);

@@ -14,7 +14,15 @@ mkdirSync(disk, { recursive: true });
 
 const child = spawn(
   process.execPath,
-  [path.join(root, 'bin', 'lockstep.js'), 'run', path.join(root, 'examples', 'kv', 'kv.wasm'), '--listen', `127.0.0.1:${port}`, '--disk', disk],
+  [
+    path.join(root, 'bin', 'lockstep.js'),
+    'run',
+    path.join(root, 'examples', 'kv', 'kv.wasm'),
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--disk',
+    disk,
+  ],
   { stdio: ['ignore', 'inherit', 'pipe'] },
 );
 child.stderr.on('data', (b) => {

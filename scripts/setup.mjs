@@ -12,7 +12,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const profile = process.argv.includes('--profile') ? process.argv[process.argv.indexOf('--profile') + 1] : 'test';
+const profile = process.argv.includes('--profile')
+  ? process.argv[process.argv.indexOf('--profile') + 1]
+  : 'test';
 
 // command or file that must exist -> Debian package that provides it
 const runNeeds = [['redis-cli', 'redis-tools']];
@@ -43,7 +45,9 @@ function log(msg) {
 const missing = [...new Set(needs.filter(([what]) => !have(what)).map(([, pkg]) => pkg))];
 if (missing.length > 0) {
   if (process.getuid && process.getuid() !== 0) {
-    log(`missing Debian packages: ${missing.join(' ')}; run as root or install them: apt-get install ${missing.join(' ')}`);
+    log(
+      `missing Debian packages: ${missing.join(' ')}; run as root or install them: apt-get install ${missing.join(' ')}`,
+    );
     process.exit(1);
   }
   log(`installing Debian packages: ${missing.join(' ')}`);
@@ -56,14 +60,22 @@ if (missing.length > 0) {
 }
 
 // npm packages: reinstall when package-lock.json changed since the last install.
-const lockHash = createHash('sha256').update(readFileSync(path.join(root, 'package-lock.json'))).digest('hex');
+const lockHash = createHash('sha256')
+  .update(readFileSync(path.join(root, 'package-lock.json')))
+  .digest('hex');
 const stamp = path.join(root, 'node_modules', '.lockstep-setup-stamp');
 const installed = existsSync(stamp) && readFileSync(stamp, 'utf8') === lockHash;
 if (!installed) {
   log('installing npm packages (npm ci)');
-  execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  execFileSync('npm', ['ci', '--no-audit', '--no-fund'], {
+    cwd: root,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
   writeFileSync(stamp, lockHash);
 } else {
   // Sources may have changed since the last build; tsc is incremental, so this is quick.
-  execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+  execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], {
+    cwd: root,
+    stdio: 'inherit',
+  });
 }

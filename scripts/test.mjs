@@ -9,7 +9,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], {
+  cwd: root,
+  stdio: 'inherit',
+});
 
 function find(dir, out) {
   let names;
@@ -27,9 +30,10 @@ function find(dir, out) {
 }
 
 const patterns = process.argv.slice(2);
-const files = [...find(path.join(root, 'dist', 'src'), []), ...find(path.join(root, 'dist', 'test'), [])].filter(
-  (f) => patterns.length === 0 || patterns.some((p) => f.includes(p)),
-);
+const files = [
+  ...find(path.join(root, 'dist', 'src'), []),
+  ...find(path.join(root, 'dist', 'test'), []),
+].filter((f) => patterns.length === 0 || patterns.some((p) => f.includes(p)));
 if (files.length === 0) {
   process.stderr.write('test: no test files found\n');
   process.exit(1);

@@ -14,7 +14,9 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name('lockstep')
-    .description('Fault tolerance for WebAssembly VMs: run WASI guests, record and replay them, protect them.')
+    .description(
+      'Fault tolerance for WebAssembly VMs: run WASI guests, record and replay them, protect them.',
+    )
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
@@ -31,7 +33,11 @@ export async function cliMain(argv: string[]): Promise<void> {
   } catch (e) {
     if (e instanceof CommanderError) {
       // Help and version are successes; everything else commander rejects is a usage error.
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
+      if (
+        e.code === 'commander.helpDisplayed' ||
+        e.code === 'commander.version' ||
+        e.code === 'commander.help'
+      ) {
         process.exit(0);
       }
       process.exit(EXIT_USAGE);

@@ -32,7 +32,8 @@ export function parseDirOption(s: string): Preopen {
   const i = s.indexOf('::');
   const hostPath = i < 0 ? s : s.slice(0, i);
   const guestPath = i < 0 ? s : s.slice(i + 2);
-  if (hostPath === '' || guestPath === '') throw new InvalidArgumentError(`expected HOSTDIR::GUESTPATH, got "${s}"`);
+  if (hostPath === '' || guestPath === '')
+    throw new InvalidArgumentError(`expected HOSTDIR::GUESTPATH, got "${s}"`);
   return { hostPath, guestPath };
 }
 
@@ -45,13 +46,15 @@ export function parseEnvOption(s: string): string {
 function parsePositiveInt(name: string) {
   return (s: string): number => {
     const n = Number(s);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive integer`);
     return n;
   };
 }
 
 function parseBudget(s: string): bigint {
-  if (!/^\d+$/.test(s) || BigInt(s) <= 0n) throw new InvalidArgumentError('the CPU budget must be a positive integer');
+  if (!/^\d+$/.test(s) || BigInt(s) <= 0n)
+    throw new InvalidArgumentError('the CPU budget must be a positive integer');
   return BigInt(s);
 }
 
@@ -71,14 +74,25 @@ export function addVmOptions(cmd: Command): Command {
         .argParser(collect(parseDirOption))
         .default([]),
     )
-    .addOption(new Option('--env <key=value>', 'set an environment variable').argParser(collect(parseEnvOption)).default([]))
+    .addOption(
+      new Option('--env <key=value>', 'set an environment variable')
+        .argParser(collect(parseEnvOption))
+        .default([]),
+    )
     .addOption(
       new Option('--memory-max-mib <n>', 'memory limit in MiB')
         .argParser(parsePositiveInt('--memory-max-mib'))
         .default(MEMORY_MAX_MIB_DEFAULT),
     )
-    .addOption(new Option('--trace-calls <file>', 'write per-function host-call counts as JSON (testing)').hideHelp())
-    .addOption(new Option('--cpu-budget <fuel>', 'stop the guest after this much fuel (about one unit per instruction)').argParser(parseBudget));
+    .addOption(
+      new Option('--trace-calls <file>', 'write per-function host-call counts as JSON (testing)').hideHelp(),
+    )
+    .addOption(
+      new Option(
+        '--cpu-budget <fuel>',
+        'stop the guest after this much fuel (about one unit per instruction)',
+      ).argParser(parseBudget),
+    );
 }
 
 interface VmCliOptions {
@@ -110,7 +124,11 @@ export function exitStatusFor(outcome: VmOutcome): number {
       return EXIT_LIMIT;
     case 'signal':
     case 'killed':
-      return outcome.reason === StopReason.SIGTERM ? 143 : outcome.reason === StopReason.SIGINT ? 130 : EXIT_LIMIT;
+      return outcome.reason === StopReason.SIGTERM
+        ? 143
+        : outcome.reason === StopReason.SIGINT
+          ? 130
+          : EXIT_LIMIT;
     case 'host-error':
       return EXIT_REFUSED;
   }
@@ -138,7 +156,9 @@ const SLOW_LOAD_NOTICE_MS = 400;
 
 async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
   const notice = setTimeout(() => {
-    process.stderr.write(`lockstep: instrumenting ${path.basename(wasm)} (once per module; the result is cached)…\n`);
+    process.stderr.write(
+      `lockstep: instrumenting ${path.basename(wasm)} (once per module; the result is cached)…\n`,
+    );
   }, SLOW_LOAD_NOTICE_MS);
   const loaded = await Vm.load({
     wasmPath: wasm,

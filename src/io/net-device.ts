@@ -183,7 +183,8 @@ export class NetDevice {
     if ((c.ch.txFlags() & TxFlag.SHUT_RD) !== 0) return; // the guest shut its read side: discard
     const n = c.ch.rxPush(chunk);
     if (n < chunk.byteLength) {
-      c.rxLeftover = c.rxLeftover === null ? chunk.subarray(n) : Buffer.concat([c.rxLeftover, chunk.subarray(n)]);
+      c.rxLeftover =
+        c.rxLeftover === null ? chunk.subarray(n) : Buffer.concat([c.rxLeftover, chunk.subarray(n)]);
       c.ch.setRxFlag(RxFlag.PAUSED);
       c.socket.pause();
     }
@@ -244,7 +245,9 @@ export class NetDevice {
       const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
       const n = ch.rxPush(buf);
       if (n < buf.byteLength) {
-        this.stdinLeftover = this.stdinLeftover ? Buffer.concat([this.stdinLeftover, buf.subarray(n)]) : buf.subarray(n);
+        this.stdinLeftover = this.stdinLeftover
+          ? Buffer.concat([this.stdinLeftover, buf.subarray(n)])
+          : buf.subarray(n);
         ch.setRxFlag(RxFlag.PAUSED);
         src.pause();
       }

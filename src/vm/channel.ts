@@ -69,7 +69,8 @@ export const TX_CAP_BYTES_DEFAULT = 64 * 1024;
 const CAP_BYTES_MAX = 1 << 30;
 
 function assertPow2(n: number): void {
-  if (!(n > 0 && n <= CAP_BYTES_MAX && (n & (n - 1)) === 0)) throw new Error(`ring capacity must be a power of two: ${n}`);
+  if (!(n > 0 && n <= CAP_BYTES_MAX && (n & (n - 1)) === 0))
+    throw new Error(`ring capacity must be a power of two: ${n}`);
 }
 
 export class Channel {

@@ -75,7 +75,12 @@ function run(init: VcpuInit): VcpuResult {
   const fs = new FileSystem(init.preopens);
   const post = (msg: VcpuToIoMessage): void => port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
   const host = new WasiHost(
-    { args: init.args, env: init.env, listenerCount: init.listenerCount, stdin: Channel.attach(init.stdinSab) },
+    {
+      args: init.args,
+      env: init.env,
+      listenerCount: init.listenerCount,
+      stdin: Channel.attach(init.stdinSab),
+    },
     {
       clock: realClock,
       entropy: realEntropy,
@@ -106,7 +111,11 @@ function runInstance(init: VcpuInit, host: WasiHost, fs: FileSystem): VcpuResult
     const module = new WebAssembly.Module(init.moduleBytes);
     instance = new WebAssembly.Instance(module, { [WASI_MODULE]: host.imports() });
   } catch (e) {
-    return { type: 'result', stop: 'host-error', message: `cannot instantiate module: ${(e as Error).message}` };
+    return {
+      type: 'result',
+      stop: 'host-error',
+      message: `cannot instantiate module: ${(e as Error).message}`,
+    };
   }
   const exports = instance.exports;
   const memory = exports['memory'];
@@ -117,12 +126,17 @@ function runInstance(init: VcpuInit, host: WasiHost, fs: FileSystem): VcpuResult
   const fuelGlobal = exports['lockstep_fuel'];
   if (init.fuel !== null) {
     if (!(fuelGlobal instanceof WebAssembly.Global)) {
-      return { type: 'result', stop: 'host-error', message: 'a CPU budget needs a module instrumented with fuel' };
+      return {
+        type: 'result',
+        stop: 'host-error',
+        message: 'a CPU budget needs a module instrumented with fuel',
+      };
     }
     fuelGlobal.value = init.fuel;
   }
   const start = exports['_start'];
-  if (typeof start !== 'function') return { type: 'result', stop: 'host-error', message: 'module has no _start' };
+  if (typeof start !== 'function')
+    return { type: 'result', stop: 'host-error', message: 'module has no _start' };
   try {
     (start as () => void)();
     return { type: 'result', stop: 'exit', exitCode: 0 };
@@ -141,7 +155,11 @@ function runInstance(init: VcpuInit, host: WasiHost, fs: FileSystem): VcpuResult
       // The depth counter should stop the guest first; reaching V8's own limit means it was set too high.
       return { type: 'result', stop: 'limit', limit: 'stack', message: 'host stack exhausted' };
     }
-    return { type: 'result', stop: 'host-error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) };
+    return {
+      type: 'result',
+      stop: 'host-error',
+      message: e instanceof Error ? (e.stack ?? e.message) : String(e),
+    };
   } finally {
     fs.closeAll();
   }
@@ -160,7 +178,12 @@ function limitMessage(limit: LimitKind): string {
   }
 }
 
-if (parentPort !== null && workerData !== null && typeof workerData === 'object' && 'moduleBytes' in workerData) {
+if (
+  parentPort !== null &&
+  workerData !== null &&
+  typeof workerData === 'object' &&
+  'moduleBytes' in workerData
+) {
   const result = run(workerData as VcpuInit);
   parentPort.postMessage(result satisfies VcpuMessage);
 }

@@ -63,7 +63,10 @@ export type VmLoadError = { code: 'io' | 'instrument' | 'option'; message: strin
 export type VmOutcome = VcpuResult | { type: 'result'; stop: 'killed'; reason: number };
 
 export function defaultCacheDir(): string {
-  return process.env['LOCKSTEP_CACHE_DIR'] ?? path.join(process.env['XDG_CACHE_HOME'] ?? path.join(homedir(), '.cache'), 'lockstep');
+  return (
+    process.env['LOCKSTEP_CACHE_DIR'] ??
+    path.join(process.env['XDG_CACHE_HOME'] ?? path.join(homedir(), '.cache'), 'lockstep')
+  );
 }
 
 export const KNOWN_IMPORTS: ReadonlySet<string> = new Set(WASI_FUNCTIONS.map((f) => `${WASI_MODULE}.${f}`));
@@ -86,13 +89,17 @@ export class Vm {
   static async load(config: VmConfig): Promise<{ ok: true; vm: Vm } | { ok: false; error: VmLoadError }> {
     const preopens: Preopen[] = [];
     if (config.disk !== null) preopens.push({ guestPath: '/data', hostPath: path.resolve(config.disk) });
-    for (const d of config.dirs) preopens.push({ guestPath: d.guestPath, hostPath: path.resolve(d.hostPath) });
+    for (const d of config.dirs)
+      preopens.push({ guestPath: d.guestPath, hostPath: path.resolve(d.hostPath) });
     for (const p of preopens) {
       let isDir = false;
       try {
         isDir = statSync(p.hostPath).isDirectory();
       } catch {
-        return { ok: false, error: { code: 'option', message: `folder for ${p.guestPath} does not exist: ${p.hostPath}` } };
+        return {
+          ok: false,
+          error: { code: 'option', message: `folder for ${p.guestPath} does not exist: ${p.hostPath}` },
+        };
       }
       if (!isDir) return { ok: false, error: { code: 'option', message: `not a folder: ${p.hostPath}` } };
     }
@@ -103,7 +110,10 @@ export class Vm {
     try {
       source = await readFile(config.wasmPath);
     } catch (e) {
-      return { ok: false, error: { code: 'io', message: `cannot read ${config.wasmPath}: ${(e as Error).message}` } };
+      return {
+        ok: false,
+        error: { code: 'io', message: `cannot read ${config.wasmPath}: ${(e as Error).message}` },
+      };
     }
     const r = await instrument(
       source,
@@ -115,7 +125,8 @@ export class Vm {
       KNOWN_IMPORTS,
       config.cacheDir ?? defaultCacheDir(),
     );
-    if (!r.ok) return { ok: false, error: { code: 'instrument', message: `${config.wasmPath}: ${r.error.message}` } };
+    if (!r.ok)
+      return { ok: false, error: { code: 'instrument', message: `${config.wasmPath}: ${r.error.message}` } };
     return { ok: true, vm: new Vm(config, r.module, preopens) };
   }
 

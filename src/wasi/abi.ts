@@ -253,14 +253,19 @@ export const RIGHTS_DIR =
 
 /** The rights of a connected stream socket. No seek or tell: isatty() and lseek() rely on that. */
 export const RIGHTS_SOCKET =
-  Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE | Rights.SOCK_SHUTDOWN;
+  Rights.FD_READ |
+  Rights.FD_WRITE |
+  Rights.FD_FDSTAT_SET_FLAGS |
+  Rights.POLL_FD_READWRITE |
+  Rights.SOCK_SHUTDOWN;
 /** The rights of a listening socket. */
 export const RIGHTS_LISTENER = Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE | Rights.SOCK_ACCEPT;
 /**
  * The rights of stdio. A character device without seek or tell rights makes
  * wasi-libc's isatty() true, so stdout is line-buffered: the same on every host.
  */
-export const RIGHTS_STDIO = Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE;
+export const RIGHTS_STDIO =
+  Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE;
 
 /** Struct sizes and field offsets (bytes). */
 export const Layout = {

@@ -32,7 +32,10 @@ before(() => {
 after(() => tmp.cleanup());
 
 test('npx lockstep works after npm ci (the installed command)', { timeout: 30_000 }, async () => {
-  const { stdout } = await execFileP('npx', ['--no-install', 'lockstep', '--help'], { cwd: ROOT, timeout: 25_000 });
+  const { stdout } = await execFileP('npx', ['--no-install', 'lockstep', '--help'], {
+    cwd: ROOT,
+    timeout: 25_000,
+  });
   assert.match(stdout, /Usage: lockstep/);
   assert.match(stdout, /run/);
 });

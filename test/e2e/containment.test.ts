@@ -53,51 +53,64 @@ test('an endless loop without host calls still stops on SIGTERM', { timeout: 30_
   // listener, so wait for its line instead of a listening line.
   const vm = await startLockstep(['run', guest('endless_loop'), '--listen', '127.0.0.1:0']);
   // Signal only once the guest is inside its loop (bounded wait: 20 s).
-  for (let i = 0; i < 200 && !vm.stdout().includes('looping'); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 200 && !vm.stdout().includes('looping'); i++)
+    await new Promise((r) => setTimeout(r, 100));
   assert.match(vm.stdout(), /looping/);
   const r = await vm.stop('SIGTERM', 15_000);
   assert.equal(r.code, 143, r.stderr);
   assert.match(r.stderr, /terminated/);
 });
 
-test('the host survives trapping, exploding and looping VMs while another keeps serving', { timeout: 60_000 }, async () => {
-  const common = { env: [], listen: [], disk: null, dirs: [], cpuBudget: null, cacheDir: CACHE_DIR, stdin: null };
-  const load = async (name: string, extra: Partial<Parameters<typeof Vm.load>[0]> = {}): Promise<Vm> => {
-    const r = await Vm.load({ ...common, wasmPath: guest(name), args: [name], memoryMaxMib: 64, ...extra });
-    assert.ok(r.ok, r.ok ? '' : r.error.message);
-    return r.vm;
-  };
-  // A healthy VM: the KV server, serving throughout.
-  const disk = tempDir('contain');
-  const kv = await load('kv', {
-    wasmPath: repoPath('examples', 'kv', 'kv.wasm'),
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    disk: disk.dir,
-    env: ['KV_FSYNC=no'],
-  });
-  const kvAddr = await kv.start();
-  const ping = (): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const s = net.connect(kvAddr[0]!.port, '127.0.0.1');
-      s.on('error', reject);
-      s.on('data', (d) => {
-        resolve(d.toString());
-        s.end();
-      });
-      s.write('PING\r\n');
+test(
+  'the host survives trapping, exploding and looping VMs while another keeps serving',
+  { timeout: 60_000 },
+  async () => {
+    const common = {
+      env: [],
+      listen: [],
+      disk: null,
+      dirs: [],
+      cpuBudget: null,
+      cacheDir: CACHE_DIR,
+      stdin: null,
+    };
+    const load = async (name: string, extra: Partial<Parameters<typeof Vm.load>[0]> = {}): Promise<Vm> => {
+      const r = await Vm.load({ ...common, wasmPath: guest(name), args: [name], memoryMaxMib: 64, ...extra });
+      assert.ok(r.ok, r.ok ? '' : r.error.message);
+      return r.vm;
+    };
+    // A healthy VM: the KV server, serving throughout.
+    const disk = tempDir('contain');
+    const kv = await load('kv', {
+      wasmPath: repoPath('examples', 'kv', 'kv.wasm'),
+      listen: [{ host: '127.0.0.1', port: 0 }],
+      disk: disk.dir,
+      env: ['KV_FSYNC=no'],
     });
-  const trap = await load('trap');
-  const bomb = await load('memory_bomb', { memoryMaxMib: 16 });
-  const loop = await load('endless_loop');
-  await Promise.all([trap.start(), bomb.start(), loop.start()]);
-  const [t, b] = await Promise.all([trap.wait(), bomb.wait()]);
-  assert.equal(t.stop, 'trap');
-  assert.equal(b.stop, 'limit');
-  loop.stop(StopReason.HOST);
-  const l = await loop.wait();
-  assert.equal(l.stop, 'killed');
-  assert.equal(await ping(), '+PONG\r\n');
-  kv.stop(StopReason.HOST);
-  assert.equal((await kv.wait()).stop, 'signal');
-  disk.cleanup();
-});
+    const kvAddr = await kv.start();
+    const ping = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const s = net.connect(kvAddr[0]!.port, '127.0.0.1');
+        s.on('error', reject);
+        s.on('data', (d) => {
+          resolve(d.toString());
+          s.end();
+        });
+        s.write('PING\r\n');
+      });
+    const trap = await load('trap');
+    const bomb = await load('memory_bomb', { memoryMaxMib: 16 });
+    const loop = await load('endless_loop');
+    await Promise.all([trap.start(), bomb.start(), loop.start()]);
+    const [t, b] = await Promise.all([trap.wait(), bomb.wait()]);
+    assert.equal(t.stop, 'trap');
+    assert.equal(b.stop, 'limit');
+    loop.stop(StopReason.HOST);
+    const l = await loop.wait();
+    assert.equal(l.stop, 'killed');
+    assert.equal(await ping(), '+PONG\r\n');
+    kv.stop(StopReason.HOST);
+    assert.equal((await kv.wait()).stop, 'signal');
+    disk.cleanup();
+  },
+);

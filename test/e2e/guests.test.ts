@@ -70,7 +70,10 @@ test('clocks and random_get', { timeout: 30_000 }, async () => {
 });
 
 test('files and directories on the disk', { timeout: 30_000 }, async () => {
-  assertAllOk(await runLockstep(['run', guest('files'), ...traceArg(), '--disk', freshDisk('files')]), 'files');
+  assertAllOk(
+    await runLockstep(['run', guest('files'), ...traceArg(), '--disk', freshDisk('files')]),
+    'files',
+  );
 });
 
 test('sandbox: no escape through .., absolute paths or symlinks', { timeout: 30_000 }, async () => {
@@ -81,7 +84,15 @@ test('sandbox: no escape through .., absolute paths or symlinks', { timeout: 30_
   const outside = path.join(tmp.dir, 'outside-secret.txt');
   writeFileSync(outside, 'secret\n');
   const disk = freshDisk('sandbox');
-  const r = await runLockstep(['run', guest('sandbox'), ...traceArg(), '--disk', disk, '--dir', `${extra}::/extra`]);
+  const r = await runLockstep([
+    'run',
+    guest('sandbox'),
+    ...traceArg(),
+    '--disk',
+    disk,
+    '--dir',
+    `${extra}::/extra`,
+  ]);
   assertAllOk(r, 'sandbox');
   assert.equal(readFileSync(outside, 'utf8'), 'secret\n');
   assert.deepEqual(readdirSync(extra).sort(), ['hello.txt']);
@@ -128,7 +139,10 @@ test('stdio: byte-exact stdout and stderr, stdin to EOF', { timeout: 30_000 }, a
   const lines = r.stdout.split('\n');
   assert.equal(lines[0], 'hello stdout');
   assert.equal(lines[1], 'partial line');
-  assert.ok(r.stdout.endsWith(`stdin bytes=${input.length} fnv1a=${h.toString(16).padStart(16, '0')}\n`), r.stdout.slice(-200));
+  assert.ok(
+    r.stdout.endsWith(`stdin bytes=${input.length} fnv1a=${h.toString(16).padStart(16, '0')}\n`),
+    r.stdout.slice(-200),
+  );
   assert.equal(Buffer.byteLength(r.stdout) > 131_072, true);
   assert.equal(r.stderr, 'hello stderr\npartial-err\ndone\n');
 });

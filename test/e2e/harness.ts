@@ -108,7 +108,9 @@ export function startLockstep(
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`lockstep did not start listening within ${opts.timeoutMs ?? 30_000} ms:\n${errText}`));
+      reject(
+        new Error(`lockstep did not start listening within ${opts.timeoutMs ?? 30_000} ms:\n${errText}`),
+      );
     }, opts.timeoutMs ?? 30_000);
     child.stderr!.on('data', (b: Buffer) => {
       errText += b.toString();
@@ -121,7 +123,8 @@ export function startLockstep(
     });
     void exited.then((r) => {
       clearTimeout(timer);
-      if (running.addresses.length === 0) reject(new Error(`lockstep exited (${r.code}) before listening:\n${r.stderr}`));
+      if (running.addresses.length === 0)
+        reject(new Error(`lockstep exited (${r.code}) before listening:\n${r.stderr}`));
     });
   });
 }

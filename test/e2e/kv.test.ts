@@ -18,7 +18,9 @@ const execFileP = promisify(execFile);
 const KV = repoPath('examples', 'kv', 'kv.wasm');
 
 async function redisCli(port: number, ...args: string[]): Promise<string> {
-  const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 10_000 });
+  const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {
+    timeout: 10_000,
+  });
   return stdout.trim();
 }
 
@@ -28,7 +30,16 @@ let port: number;
 
 before(async () => {
   disk = tempDir('kv');
-  vm = await startLockstep(['run', KV, '--listen', '127.0.0.1:0', '--disk', disk.dir, '--env', 'KV_FSYNC=always']);
+  vm = await startLockstep([
+    'run',
+    KV,
+    '--listen',
+    '127.0.0.1:0',
+    '--disk',
+    disk.dir,
+    '--env',
+    'KV_FSYNC=always',
+  ]);
   port = vm.addresses[0]!.port;
 });
 
@@ -50,24 +61,28 @@ test('redis-cli: PING, SET, GET, INCR, DEL, EXISTS, DBSIZE', { timeout: 20_000 }
   assert.match(await redisCli(port, 'NOSUCHCOMMAND'), /ERR unknown command/);
 });
 
-test('ioredis: connects (ready check), pipelines, and reads its own writes', { timeout: 20_000 }, async () => {
-  const client = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    await client.connect();
-    const pipe = client.pipeline();
-    for (let i = 0; i < 200; i++) pipe.set(`k${i}`, `v${i}`);
-    const res = await pipe.exec();
-    assert.equal(res?.length, 200);
-    const values = await Promise.all(Array.from({ length: 200 }, (_, i) => client.get(`k${i}`)));
-    values.forEach((v, i) => assert.equal(v, `v${i}`));
-    assert.equal(await client.incr('ctr'), 1);
-    const big = 'x'.repeat(300_000); // larger than a channel ring: exercises partial sends and backpressure
-    await client.set('big', big);
-    assert.equal(await client.get('big'), big);
-  } finally {
-    client.disconnect();
-  }
-});
+test(
+  'ioredis: connects (ready check), pipelines, and reads its own writes',
+  { timeout: 20_000 },
+  async () => {
+    const client = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1 });
+    try {
+      await client.connect();
+      const pipe = client.pipeline();
+      for (let i = 0; i < 200; i++) pipe.set(`k${i}`, `v${i}`);
+      const res = await pipe.exec();
+      assert.equal(res?.length, 200);
+      const values = await Promise.all(Array.from({ length: 200 }, (_, i) => client.get(`k${i}`)));
+      values.forEach((v, i) => assert.equal(v, `v${i}`));
+      assert.equal(await client.incr('ctr'), 1);
+      const big = 'x'.repeat(300_000); // larger than a channel ring: exercises partial sends and backpressure
+      await client.set('big', big);
+      assert.equal(await client.get('big'), big);
+    } finally {
+      client.disconnect();
+    }
+  },
+);
 
 test('redis-benchmark: 50 clients, plain and pipelined, GET and SET', { timeout: 60_000 }, async () => {
   for (const extra of [[], ['-P', '16']]) {

@@ -58,7 +58,10 @@ export const WASI_COVERAGE: Record<WasiFunctionName, CoverageRow> = {
   path_rename: { status: 'implemented', note: 'within one preopen' },
   path_symlink: { status: 'implemented', note: 'relative targets only' },
   path_unlink_file: { status: 'implemented', note: 'unlink' },
-  poll_oneoff: { status: 'implemented', note: 'clock subscriptions and fd readiness; blocks in Atomics.wait' },
+  poll_oneoff: {
+    status: 'implemented',
+    note: 'clock subscriptions and fd readiness; blocks in Atomics.wait',
+  },
   proc_exit: { status: 'implemented', note: 'ends the VM with the code' },
   proc_raise: { status: 'enosys', note: 'no portable meaning; removed from later WASI versions' },
   sched_yield: { status: 'implemented', note: 'the vCPU has its own thread: a no-op that succeeds' },

@@ -354,7 +354,12 @@ export class WasiHost {
         [filetype, flags, base, inheriting] = [Filetype.CHARACTER_DEVICE, e.fdflags, RIGHTS_STDIO, 0n];
         break;
       case 'listener':
-        [filetype, flags, base, inheriting] = [Filetype.SOCKET_STREAM, e.fdflags, RIGHTS_LISTENER, RIGHTS_SOCKET];
+        [filetype, flags, base, inheriting] = [
+          Filetype.SOCKET_STREAM,
+          e.fdflags,
+          RIGHTS_LISTENER,
+          RIGHTS_SOCKET,
+        ];
         break;
       case 'socket':
         [filetype, flags, base, inheriting] = [Filetype.SOCKET_STREAM, e.fdflags, RIGHTS_SOCKET, 0n];
@@ -368,7 +373,12 @@ export class WasiHost {
         ];
         break;
       case 'dir':
-        [filetype, flags, base, inheriting] = [Filetype.DIRECTORY, e.h.fdflags, e.h.rightsBase, e.h.rightsInheriting];
+        [filetype, flags, base, inheriting] = [
+          Filetype.DIRECTORY,
+          e.h.fdflags,
+          e.h.rightsBase,
+          e.h.rightsInheriting,
+        ];
         break;
     }
     const mem = this.memory;
@@ -392,8 +402,10 @@ export class WasiHost {
       }
       default:
         // Streams honour only NONBLOCK (stdout and stderr always append).
-        if ((flags & ~Fdflags.NONBLOCK) !== 0 && e.kind !== 'stdout' && e.kind !== 'stderr') return Errno.INVAL;
-        e.fdflags = (e.kind === 'stdout' || e.kind === 'stderr' ? Fdflags.APPEND : 0) | (flags & Fdflags.NONBLOCK);
+        if ((flags & ~Fdflags.NONBLOCK) !== 0 && e.kind !== 'stdout' && e.kind !== 'stderr')
+          return Errno.INVAL;
+        e.fdflags =
+          (e.kind === 'stdout' || e.kind === 'stderr' ? Fdflags.APPEND : 0) | (flags & Fdflags.NONBLOCK);
         return Errno.SUCCESS;
     }
   }
@@ -435,7 +447,8 @@ export class WasiHost {
       return Errno.SUCCESS;
     }
     // Streams have virtual, deterministic metadata: device 0, inode = fd, no size, no times.
-    const filetype = e.kind === 'socket' || e.kind === 'listener' ? Filetype.SOCKET_STREAM : Filetype.CHARACTER_DEVICE;
+    const filetype =
+      e.kind === 'socket' || e.kind === 'listener' ? Filetype.SOCKET_STREAM : Filetype.CHARACTER_DEVICE;
     this.writeFilestat(ptr, {
       dev: 0n,
       ino: BigInt(fd),
@@ -774,7 +787,14 @@ export class WasiHost {
     return Errno.SUCCESS;
   }
 
-  path_readlink(fd: number, pathPtr: number, pathLen: number, bufPtr: number, bufLen: number, usedPtr: number): number {
+  path_readlink(
+    fd: number,
+    pathPtr: number,
+    pathLen: number,
+    bufPtr: number,
+    bufLen: number,
+    usedPtr: number,
+  ): number {
     const dir = this.dirOf(fd);
     if (typeof dir === 'number') return dir;
     const path = this.pathArg(pathPtr, pathLen);
@@ -819,7 +839,13 @@ export class WasiHost {
     return r.ok ? Errno.SUCCESS : r.errno;
   }
 
-  path_symlink(oldPathPtr: number, oldPathLen: number, fd: number, newPathPtr: number, newPathLen: number): number {
+  path_symlink(
+    oldPathPtr: number,
+    oldPathLen: number,
+    fd: number,
+    newPathPtr: number,
+    newPathLen: number,
+  ): number {
     const dir = this.dirOf(fd);
     if (typeof dir === 'number') return dir;
     const target = this.pathArg(oldPathPtr, oldPathLen);
@@ -897,7 +923,8 @@ export class WasiHost {
     const want = bufs.reduce((n, b) => n + b.byteLength, 0);
     if (want === 0) return { ok: true, value: 0 };
     if ((ch.txFlags() & TxFlag.SHUT_RD) !== 0) return { ok: true, value: 0 };
-    const readable = (): boolean => ch.rxAvailable() > 0 || (ch.rxFlags() & (RxFlag.EOF | RxFlag.RESET)) !== 0;
+    const readable = (): boolean =>
+      ch.rxAvailable() > 0 || (ch.rxFlags() & (RxFlag.EOF | RxFlag.RESET)) !== 0;
     if (!readable()) {
       if ((fdflags & Fdflags.NONBLOCK) !== 0) return { ok: false, errno: Errno.AGAIN };
       this.blockUntil(readable, null);
@@ -1081,7 +1108,11 @@ export class WasiHost {
     };
     let deadline: bigint | null = null;
     for (const s of subs) {
-      if (s.tag === Eventtype.CLOCK && s.error === Errno.SUCCESS && (deadline === null || s.deadlineNs < deadline)) {
+      if (
+        s.tag === Eventtype.CLOCK &&
+        s.error === Errno.SUCCESS &&
+        (deadline === null || s.deadlineNs < deadline)
+      ) {
         deadline = s.deadlineNs;
       }
     }
@@ -1111,7 +1142,8 @@ export class WasiHost {
           continue;
         }
         nowNs ??= this.caps.clock.monotonicNs();
-        if (nowNs >= s.deadlineNs) out.push({ userdata: s.userdata, error: 0, type: s.tag, nbytes: 0n, flags: 0 });
+        if (nowNs >= s.deadlineNs)
+          out.push({ userdata: s.userdata, error: 0, type: s.tag, nbytes: 0n, flags: 0 });
         continue;
       }
       const r = this.fdReadiness(s.fd, s.tag);
