@@ -136,8 +136,10 @@ impl Store {
     }
 
     fn serve(&mut self, stream: TcpStream) -> std::io::Result<()> {
-        let mut writer = stream.try_clone()?;
-        let mut reader = BufReader::new(stream);
+        // TcpStream::try_clone is unsupported on wasm32-wasi (WASI has no dup), so the
+        // reader and the writer share the stream through `&TcpStream`, which is Read + Write.
+        let mut writer = &stream;
+        let mut reader = BufReader::new(&stream);
         let mut buf = Vec::new();
         loop {
             buf.clear();
