@@ -15,13 +15,14 @@
 //   3. With --cpu-prof: V8's sampling profile of both threads during one non-pipelined run, top
 //      functions by self time (wall-clock sampling, so "(idle)" and Atomics.wait are included).
 // Results: markdown on stdout, JSON in bench/results/kv-profile-<date>.json.
-import { cpSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
   ROOT,
   cpuSplit,
   ensureDist,
+  busyProcesses,
   ensureNativeBuild,
   lockstepThreads,
   machineFacts,
@@ -31,6 +32,7 @@ import {
   startServer,
   tempDir,
   threadCpu,
+  writeResults,
 } from './lib/kvbench.mjs';
 
 const argv = process.argv.slice(2);
@@ -61,7 +63,10 @@ const cfg = {
 cfg.pipelineRequests = opt('--pipeline-requests', cfg.requests * 5);
 const outIdx = argv.indexOf('--out');
 const date = new Date().toISOString().slice(0, 10);
-const outFile = outIdx >= 0 ? path.resolve(argv[outIdx + 1]) : path.join(ROOT, 'bench/results', `kv-profile-${date}${quick ? '-quick' : ''}.json`);
+const outFile =
+  outIdx >= 0
+    ? path.resolve(argv[outIdx + 1])
+    : path.join(ROOT, 'bench/results', `kv-profile-${date}${quick ? '-quick' : ''}.json`);
 const deadline = Date.now() + cfg.maxMinutes * 60_000;
 const log = (s) => process.stderr.write(s + '\n');
 const r0 = (x, d = 0) => (x === null || x === undefined ? null : Math.round(x * 10 ** d) / 10 ** d);
@@ -75,19 +80,48 @@ const benchTimeoutMs = (requests) => Math.max(60_000, requests / 2);
 ensureDist();
 ensureNativeBuild();
 const cacheDir = tempDir('kvprof-cache-');
-const result = { benchmark: 'kv-profile', date: new Date().toISOString(), config: cfg, machine: machineFacts(), cost: null, wakeups: null, cpuProfile: null };
+const busy = await busyProcesses();
+for (const b of busy)
+  process.stderr.write(`bench: WARNING: another process is busy (${b.cpuPct}% CPU): pid ${b.pid} ${b.cmd}\n`);
+const result = {
+  benchmark: 'kv-profile',
+  date: new Date().toISOString(),
+  config: cfg,
+  machine: machineFacts(),
+  cost: null,
+  wakeups: null,
+  cpuProfile: null,
+};
+result.machine.busyAtStart = busy;
 log(`bench: config ${JSON.stringify(cfg)}`);
 log(`bench: reproduce with: node bench/kv-profile.mjs ${argv.join(' ')}`.trimEnd());
 
 async function run(server, mode) {
   const before = threadCpu(server.pid);
-  const b = await redisBenchmark(server.port, { tests: cfg.tests, requests: mode.requests, clients: cfg.clients, pipeline: mode.pipeline, timeoutMs: benchTimeoutMs(mode.requests) });
+  const b = await redisBenchmark(server.port, {
+    tests: cfg.tests,
+    requests: mode.requests,
+    clients: cfg.clients,
+    pipeline: mode.pipeline,
+    timeoutMs: benchTimeoutMs(mode.requests),
+  });
   const after = threadCpu(server.pid);
-  if (server.child.exitCode !== null) throw new Error(`${server.kind} died: ${server.child.stderrText.slice(-500)}`);
+  if (server.child.exitCode !== null)
+    throw new Error(`${server.kind} died: ${server.child.stderrText.slice(-500)}`);
   const total = mode.requests * nTests;
   const cpu = cpuSplit(before, after, server.threads ?? null);
   const us = (s) => r0((s * 1e6) / total, 2);
-  return { rps: b.rps, cpu: { main: us(cpu.main), vcpu: us(cpu.vcpu), other: us(cpu.other), total: us(cpu.total), sys: us(cpu.sys) }, client: b.clientCpuS === null ? null : us(b.clientCpuS) };
+  return {
+    rps: b.rps,
+    cpu: {
+      main: us(cpu.main),
+      vcpu: us(cpu.vcpu),
+      other: us(cpu.other),
+      total: us(cpu.total),
+      sys: us(cpu.sys),
+    },
+    client: b.clientCpuS === null ? null : us(b.clientCpuS),
+  };
 }
 
 async function start(kind, extra = {}) {
@@ -105,7 +139,8 @@ async function measureCost() {
   for (const k of kinds) servers[k] = await start(k);
   const rounds = [];
   try {
-    for (const k of kinds) for (const m of MODES) await run(servers[k], { ...m, requests: Math.ceil(m.requests / 2) });
+    for (const k of kinds)
+      for (const m of MODES) await run(servers[k], { ...m, requests: Math.ceil(m.requests / 2) });
     for (let round = 0; round < cfg.runs && Date.now() < deadline; round++) {
       const order = kinds.map((_, i) => kinds[(i + round) % kinds.length]);
       const rec = {};
@@ -114,7 +149,15 @@ async function measureCost() {
         for (const m of round % 2 ? [...MODES].reverse() : MODES) rec[k][m.name] = await run(servers[k], m);
       }
       rounds.push(rec);
-      log(`  round ${round + 1}: ` + kinds.map((k) => `${k} ${MODES.map((m) => `${m.name} GET ${rec[k][m.name].rps.GET.toFixed(0)} SET ${rec[k][m.name].rps.SET.toFixed(0)}`).join(' / ')}`).join(' | '));
+      log(
+        `  round ${round + 1}: ` +
+          kinds
+            .map(
+              (k) =>
+                `${k} ${MODES.map((m) => `${m.name} GET ${rec[k][m.name].rps.GET.toFixed(0)} SET ${rec[k][m.name].rps.SET.toFixed(0)}`).join(' / ')}`,
+            )
+            .join(' | '),
+      );
     }
   } finally {
     await Promise.all(Object.values(servers).map((s) => s.stop()));
@@ -124,16 +167,30 @@ async function measureCost() {
     out.medians[k] = {};
     out.cpu[k] = {};
     for (const m of MODES) {
-      out.medians[k][m.name] = { SET: r0(median(rounds.map((r) => r[k][m.name].rps.SET))), GET: r0(median(rounds.map((r) => r[k][m.name].rps.GET))) };
+      out.medians[k][m.name] = {
+        SET: r0(median(rounds.map((r) => r[k][m.name].rps.SET))),
+        GET: r0(median(rounds.map((r) => r[k][m.name].rps.GET))),
+      };
       const pick = (f) => r0(median(rounds.map((r) => f(r[k][m.name]))), 2);
-      out.cpu[k][m.name] = { main: pick((x) => x.cpu.main), vcpu: pick((x) => x.cpu.vcpu), other: pick((x) => x.cpu.other), total: pick((x) => x.cpu.total), sys: pick((x) => x.cpu.sys), client: pick((x) => x.client) };
+      out.cpu[k][m.name] = {
+        main: pick((x) => x.cpu.main),
+        vcpu: pick((x) => x.cpu.vcpu),
+        other: pick((x) => x.cpu.other),
+        total: pick((x) => x.cpu.total),
+        sys: pick((x) => x.cpu.sys),
+        client: pick((x) => x.client),
+      };
     }
   }
   for (const m of MODES) {
     out.ratioInstrumentedToRaw[m.name] = {};
     for (const t of ['SET', 'GET']) {
       const per = rounds.map((r) => r.vm[m.name].rps[t] / r['vm-raw'][m.name].rps[t]);
-      out.ratioInstrumentedToRaw[m.name][t] = { median: r0(median(per), 3), min: r0(Math.min(...per), 3), max: r0(Math.max(...per), 3) };
+      out.ratioInstrumentedToRaw[m.name][t] = {
+        median: r0(median(per), 3),
+        min: r0(Math.min(...per), 3),
+        max: r0(Math.max(...per), 3),
+      };
     }
   }
   return out;
@@ -141,39 +198,79 @@ async function measureCost() {
 
 // ---------------------------------------------------------------- 2. counting copy of dist/
 
-/** Copies dist/ to a temp folder and patches it to count wake-ups; fails loudly if the code moved. */
+/** Copies dist/ to a temp folder and patches the copy to count wake-ups; fails loudly if the code moved. */
 function makeCountingDist() {
   const dir = tempDir('kvprof-dist-');
   cpSync(path.join(ROOT, 'dist'), path.join(dir, 'dist'), { recursive: true });
   symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
   writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}\n');
-  const patch = (rel, pairs) => {
+  // Each edit is [regexp, replacement, expected count (0 = at least one)]; a miss fails loudly.
+  const patch = (rel, edits) => {
     const f = path.join(dir, 'dist', rel);
     let s = readFileSync(f, 'utf8');
-    for (const [from, to] of pairs) {
-      if (!s.includes(from)) throw new Error(`kv-profile: cannot patch ${rel}: "${from}" not found (the source changed; update the patch)`);
-      s = s.replace(from, to);
+    for (const [re, to] of edits) {
+      const n = (s.match(re) ?? []).length;
+      if (n === 0)
+        throw new Error(
+          `kv-profile: cannot patch ${rel}: ${re} not found (the source changed; update the patch)`,
+        );
+      s = s.replace(re, to);
     }
     writeFileSync(f, s);
   };
-  // Ctl slots 5.. count: 5 pokeIo (vCPU -> I/O notify), 6 wakeVcpu notifies, 7 wakeVcpu calls,
-  // 8 vCPU sleeps, 9-12 host calls, 13 poll subscriptions.
+  // Counters live in Ctl slots from 16 up (the real protocol uses the low slots):
+  // 16 pokeIo calls, 17 notifies of the I/O side, 18 wakeVcpu calls, 19 notifies of the vCPU,
+  // 20 vCPU sleeps, 21-24 host calls (poll_oneoff, sock_recv, sock_send, other), 25 poll subscriptions.
+  // Written against the compiled JavaScript, so it survives small changes to the protocol.
   patch('src/vm/channel.js', [
-    ['const CTL_SLOTS = 8;', 'const CTL_SLOTS = 16;'],
-    ['        Atomics.add(this.i32, CtlSlot.WAKE, 1);\n        if (Atomics.load(this.i32, CtlSlot.VCPU_WAITING) !== 0)\n            Atomics.notify(this.i32, CtlSlot.WAKE);',
-      '        Atomics.add(this.i32, CtlSlot.WAKE, 1);\n        Atomics.add(this.i32, 7, 1);\n        if (Atomics.load(this.i32, CtlSlot.VCPU_WAITING) !== 0) {\n            Atomics.add(this.i32, 6, 1);\n            Atomics.notify(this.i32, CtlSlot.WAKE);\n        }'],
-    ['        Atomics.add(this.i32, CtlSlot.IO, 1);\n        Atomics.notify(this.i32, CtlSlot.IO);', '        Atomics.add(this.i32, CtlSlot.IO, 1);\n        Atomics.add(this.i32, 5, 1);\n        Atomics.notify(this.i32, CtlSlot.IO);'],
-    ['        Atomics.store(this.i32, CtlSlot.VCPU_WAITING, 1);', '        Atomics.add(this.i32, 8, 1);\n        Atomics.store(this.i32, CtlSlot.VCPU_WAITING, 1);'],
+    [/const CTL_SLOTS = \d+;/, 'const CTL_SLOTS = 32;'],
+    [/( *)pokeIo\(\) \{\n/, '$1pokeIo() {\n$1    Atomics.add(this.i32, 16, 1);\n'],
+    [/( *)wakeVcpu\(\) \{\n/, '$1wakeVcpu() {\n$1    Atomics.add(this.i32, 18, 1);\n'],
+    [
+      /( *)waitVcpu\(seen, timeoutMs\) \{\n/,
+      '$1waitVcpu(seen, timeoutMs) {\n$1    Atomics.add(this.i32, 20, 1);\n',
+    ],
+    [
+      /Atomics\.notify\(this\.i32, CtlSlot\.IO\)/g,
+      '(Atomics.add(this.i32, 17, 1), Atomics.notify(this.i32, CtlSlot.IO))',
+    ],
   ]);
+  // Notifies of the vCPU, but not requestStop's: only inside wakeVcpu's body.
+  {
+    const f = path.join(dir, 'dist', 'src/vm/channel.js');
+    const s = readFileSync(f, 'utf8');
+    const at = s.indexOf('wakeVcpu() {');
+    const endAt = s.indexOf('\n    }\n', at);
+    const body = s.slice(at, endAt);
+    if (!body.includes('Atomics.notify(this.i32, CtlSlot.WAKE)'))
+      throw new Error('kv-profile: cannot patch wakeVcpu');
+    const counted = body.replace(
+      'Atomics.notify(this.i32, CtlSlot.WAKE)',
+      '(Atomics.add(this.i32, 19, 1), Atomics.notify(this.i32, CtlSlot.WAKE))',
+    );
+    writeFileSync(f, s.slice(0, at) + counted + s.slice(endAt));
+  }
   patch('src/io/net-device.js', [
-    ['            this.service();\n            const w = Atomics.waitAsync', '            const B = (globalThis.__lockstepBench ??= { loops: 0, asyncWaits: 0, dataEvents: 0, socketWrites: 0 });\n            B.loops++;\n            this.service();\n            const w = Atomics.waitAsync'],
-    ['            if (w.async)\n', '            if (w.async && ++globalThis.__lockstepBench.asyncWaits)\n'],
-    ['    onData(c, chunk) {\n', '    onData(c, chunk) {\n        globalThis.__lockstepBench.dataEvents++;\n'],
-    ['                if (!c.socket.write(data))', '                globalThis.__lockstepBench.socketWrites++;\n                if (!c.socket.write(data))'],
+    [
+      /( *)this\.service\(\);\n(\s*)(?=(this\.ctl\.ioWaiting\(true\);\s*)?const w = Atomics\.waitAsync)/,
+      '$1(globalThis.__lockstepBench ??= { loops: 0, asyncWaits: 0, dataEvents: 0, socketWrites: 0 }).loops++;\n$1this.service();\n$2',
+    ],
+    [/if \(w\.async\)/, 'if (w.async && ++globalThis.__lockstepBench.asyncWaits)'],
+    [/( *)onData\(c, chunk\) \{\n/, '$1onData(c, chunk) {\n$1    globalThis.__lockstepBench.dataEvents++;\n'],
+    [
+      /( *)if \(!c\.socket\.write\(data\)\)/,
+      '$1globalThis.__lockstepBench.socketWrites++;\n$1if (!c.socket.write(data))',
+    ],
   ]);
   patch('src/vm/wasi/host.js', [
-    ['        return (...args) => {\n', '        const benchSlot = { poll_oneoff: 9, sock_recv: 10, sock_send: 11 }[name] ?? 12;\n        return (...args) => {\n            Atomics.add(ctl.i32, benchSlot, 1);\n'],
-    ['    poll_oneoff(inPtr, outPtr, nsubs, neventsPtr) {\n', '    poll_oneoff(inPtr, outPtr, nsubs, neventsPtr) {\n        Atomics.add(this.caps.ctl.i32, 13, nsubs);\n'],
+    [
+      /( *)return \(\.\.\.args\) => \{\n/,
+      '$1const benchSlot = { poll_oneoff: 21, sock_recv: 22, sock_send: 23 }[name] ?? 24;\n$1return (...args) => {\n$1    Atomics.add(ctl.i32, benchSlot, 1);\n',
+    ],
+    [
+      /( *)poll_oneoff\(inPtr, outPtr, nsubs, neventsPtr\) \{\n/,
+      '$1poll_oneoff(inPtr, outPtr, nsubs, neventsPtr) {\n$1    Atomics.add(this.caps.ctl.i32, 25, nsubs);\n',
+    ],
   ]);
   return path.join(dir, 'dist');
 }
@@ -223,10 +320,17 @@ function summariseProfile(file, top = 15) {
     const cf = byId.get(p.samples[i]).callFrame;
     const d = p.timeDeltas[i] ?? 0;
     total += d;
-    const key = `${cf.functionName || '(anonymous)'} ${cf.url ? cf.url.split('/').slice(-2).join('/') + ':' + (cf.lineNumber + 1) : ''}`.trim();
+    const key =
+      `${cf.functionName || '(anonymous)'} ${cf.url ? cf.url.split('/').slice(-2).join('/') + ':' + (cf.lineNumber + 1) : ''}`.trim();
     self.set(key, (self.get(key) ?? 0) + d);
   }
-  return { totalMs: r0(total / 1e3), top: [...self].sort((a, b) => b[1] - a[1]).slice(0, top).map(([k, v]) => ({ fn: k, ms: r0(v / 1e3), pct: r0((100 * v) / total, 1) })) };
+  return {
+    totalMs: r0(total / 1e3),
+    top: [...self]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([k, v]) => ({ fn: k, ms: r0(v / 1e3), pct: r0((100 * v) / total, 1) })),
+  };
 }
 
 async function measureCpuProfile() {
@@ -248,9 +352,14 @@ async function measureCpuProfile() {
   } finally {
     await p.stop();
   }
-  const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile')).sort();
+  const files = readdirSync(profDir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .sort();
   // Node numbers the profiles by thread: the main thread's is written first (…0.001), the worker's next.
-  return files.map((f, i) => ({ thread: i === 0 ? 'main' : 'vcpu', ...summariseProfile(path.join(profDir, f)) }));
+  return files.map((f, i) => ({
+    thread: i === 0 ? 'main' : 'vcpu',
+    ...summariseProfile(path.join(profDir, f)),
+  }));
 }
 
 // ---------------------------------------------------------------- report
@@ -268,7 +377,9 @@ function markdown() {
     for (const m of MODES) {
       for (const t of ['SET', 'GET']) {
         const r = c.ratioInstrumentedToRaw[m.name][t];
-        L.push(`| ${m.pipeline > 1 ? `-P ${m.pipeline}` : 'no pipeline'} | ${t} | ${f(c.medians.vm[m.name][t])} | ${f(c.medians['vm-raw'][m.name][t])} | ${f(c.medians.native[m.name][t])} | ${r.median.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}) |`);
+        L.push(
+          `| ${m.pipeline > 1 ? `-P ${m.pipeline}` : 'no pipeline'} | ${t} | ${f(c.medians.vm[m.name][t])} | ${f(c.medians['vm-raw'][m.name][t])} | ${f(c.medians.native[m.name][t])} | ${r.median.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}) |`,
+        );
       }
     }
     L.push('');
@@ -279,7 +390,9 @@ function markdown() {
     for (const k of ['vm', 'vm-raw', 'native']) {
       for (const m of MODES) {
         const x = c.cpu[k][m.name];
-        L.push(`| ${k} | ${m.name} | ${k === 'native' ? '—' : g(x.main)} | ${k === 'native' ? '—' : g(x.vcpu)} | ${k === 'native' ? '—' : g(x.other)} | ${g(x.total)} | ${g(x.sys)} | ${g(x.client)} |`);
+        L.push(
+          `| ${k} | ${m.name} | ${k === 'native' ? '—' : g(x.main)} | ${k === 'native' ? '—' : g(x.vcpu)} | ${k === 'native' ? '—' : g(x.other)} | ${g(x.total)} | ${g(x.sys)} | ${g(x.client)} |`,
+        );
       }
     }
   }
@@ -290,13 +403,15 @@ function markdown() {
     const keys = Object.keys(result.wakeups.plain.perRequest);
     L.push(`| counter | ${MODES.map((m) => m.name).join(' | ')} |`);
     L.push(`|---|${MODES.map(() => '---:').join('|')}|`);
-    for (const k of keys) L.push(`| ${k} | ${MODES.map((m) => g(result.wakeups[m.name].perRequest[k])).join(' | ')} |`);
+    for (const k of keys)
+      L.push(`| ${k} | ${MODES.map((m) => g(result.wakeups[m.name].perRequest[k])).join(' | ')} |`);
   }
   if (result.cpuProfile) {
     for (const t of result.cpuProfile) {
       L.push('');
       L.push(`V8 profile, ${t.thread} thread (${t.totalMs} ms sampled, wall clock):`);
-      for (const x of t.top) L.push(`  ${String(x.ms).padStart(7)} ms ${String(x.pct).padStart(5)}%  ${x.fn}`);
+      for (const x of t.top)
+        L.push(`  ${String(x.ms).padStart(7)} ms ${String(x.pct).padStart(5)}%  ${x.fn}`);
     }
   }
   return L.join('\n');
@@ -313,8 +428,7 @@ try {
   failed = true;
   log(`bench: FAILED: ${e.stack ?? e}`);
 } finally {
-  mkdirSync(path.dirname(outFile), { recursive: true });
-  writeFileSync(outFile, JSON.stringify(result, null, 1) + '\n');
+  writeResults(outFile, result);
   log(`bench: results written to ${path.relative(ROOT, outFile)}`);
 }
 process.exit(failed ? 1 : 0);

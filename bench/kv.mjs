@@ -20,7 +20,6 @@
 //      thread, the vCPU worker thread and the rest (V8's compiler and GC helpers). The client's
 //      CPU is shown too: on a 2-core machine the client competes with the server.
 // Results: a markdown table on stdout and JSON in bench/results/kv-<date>.json.
-import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -28,6 +27,7 @@ import {
   SERVERS,
   cpuSplit,
   ensureDist,
+  busyProcesses,
   ensureNativeBuild,
   lockstepThreads,
   machineFacts,
@@ -37,6 +37,7 @@ import {
   startServer,
   tempDir,
   threadCpu,
+  writeResults,
 } from './lib/kvbench.mjs';
 
 // ---------------------------------------------------------------- options
@@ -76,7 +77,10 @@ const cfg = {
 cfg.pipelineRequests = opt('--pipeline-requests', cfg.requests * 5);
 const outIdx = argv.indexOf('--out');
 const date = new Date().toISOString().slice(0, 10);
-const outFile = outIdx >= 0 ? path.resolve(argv[outIdx + 1]) : path.join(ROOT, 'bench/results', `kv-${date}${quick ? '-quick' : ''}.json`);
+const outFile =
+  outIdx >= 0
+    ? path.resolve(argv[outIdx + 1])
+    : path.join(ROOT, 'bench/results', `kv-${date}${quick ? '-quick' : ''}.json`);
 const deadline = Date.now() + cfg.maxMinutes * 60_000;
 const log = (s) => process.stderr.write(s + '\n');
 const r0 = (x, d = 0) => (x === null || x === undefined ? null : Math.round(x * 10 ** d) / 10 ** d);
@@ -86,6 +90,10 @@ const r0 = (x, d = 0) => (x === null || x === undefined ? null : Math.round(x * 
 ensureDist();
 ensureNativeBuild();
 const facts = machineFacts();
+const busy = await busyProcesses();
+facts.busyAtStart = busy;
+for (const b of busy)
+  process.stderr.write(`bench: WARNING: another process is busy (${b.cpuPct}% CPU): pid ${b.pid} ${b.cmd}\n`);
 const cacheDir = tempDir('kvbench-cache-'); // Lockstep's instrumentation cache for this run
 const MODES = [
   { name: 'plain', pipeline: 1, requests: cfg.requests },
@@ -100,8 +108,12 @@ log('bench: reproduce with:');
 log(`  node bench/kv.mjs ${argv.join(' ')}`.trimEnd());
 const example = (kind) => shellLine(SERVERS[kind]({ port: 'PORT', dir: 'TMPDIR', cacheDir: 'CACHEDIR' }));
 for (const k of cfg.servers) log(`  server ${k}: ${example(k)}`);
-log(`  client: redis-benchmark -h 127.0.0.1 -p PORT -c ${cfg.clients} -n ${cfg.requests} -t ${cfg.tests} --csv`);
-log(`  client: redis-benchmark -h 127.0.0.1 -p PORT -c ${cfg.clients} -n ${cfg.pipelineRequests} -t ${cfg.tests} --csv -P ${cfg.pipeline}`);
+log(
+  `  client: redis-benchmark -h 127.0.0.1 -p PORT -c ${cfg.clients} -n ${cfg.requests} -t ${cfg.tests} --csv`,
+);
+log(
+  `  client: redis-benchmark -h 127.0.0.1 -p PORT -c ${cfg.clients} -n ${cfg.pipelineRequests} -t ${cfg.tests} --csv -P ${cfg.pipeline}`,
+);
 
 const result = {
   benchmark: 'kv',
@@ -127,7 +139,10 @@ async function measureStartup() {
   await first.stop();
   const samples = { 'lockstep-cold': [], 'lockstep-warm': [], native: [], redis: [] };
   for (let i = 0; i < cfg.startupRuns && Date.now() < deadline; i++) {
-    const order = i % 2 === 0 ? ['lockstep-cold', 'lockstep-warm', 'native', 'redis'] : ['redis', 'native', 'lockstep-warm', 'lockstep-cold'];
+    const order =
+      i % 2 === 0
+        ? ['lockstep-cold', 'lockstep-warm', 'native', 'redis']
+        : ['redis', 'native', 'lockstep-warm', 'lockstep-cold'];
     for (const which of order) {
       const kind = which.startsWith('lockstep') ? 'lockstep' : which;
       const dir = which === 'lockstep-cold' ? tempDir('kvbench-coldcache-') : cacheDir;
@@ -135,9 +150,18 @@ async function measureStartup() {
       samples[which].push(s.startupMs);
       await s.stop();
     }
-    log(`  round ${i + 1}: ${Object.entries(samples).map(([k, v]) => `${k} ${v[v.length - 1].toFixed(0)} ms`).join(', ')}`);
+    log(
+      `  round ${i + 1}: ${Object.entries(samples)
+        .map(([k, v]) => `${k} ${v[v.length - 1].toFixed(0)} ms`)
+        .join(', ')}`,
+    );
   }
-  return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, { medianMs: r0(median(v), 1), samplesMs: v.map((x) => r0(x, 1)) }]));
+  return Object.fromEntries(
+    Object.entries(samples).map(([k, v]) => [
+      k,
+      { medianMs: r0(median(v), 1), samplesMs: v.map((x) => r0(x, 1)) },
+    ]),
+  );
 }
 
 // ---------------------------------------------------------------- 2+3. throughput and CPU
@@ -161,7 +185,13 @@ async function measureOne(server, mode, threads) {
   return {
     rps: b.rps,
     wallS: r0(b.wallS, 2),
-    cpuUsPerReq: { main: us(cpu.main), vcpu: us(cpu.vcpu), other: us(cpu.other), total: us(cpu.total), sys: us(cpu.sys) },
+    cpuUsPerReq: {
+      main: us(cpu.main),
+      vcpu: us(cpu.vcpu),
+      other: us(cpu.other),
+      total: us(cpu.total),
+      sys: us(cpu.sys),
+    },
     clientCpuUsPerReq: b.clientCpuS === null ? null : us(b.clientCpuS),
   };
 }
@@ -178,7 +208,11 @@ async function measureThroughput() {
     // Warm-up: lets V8 tier the guest and the host up to optimised code, and fills the key.
     for (const k of cfg.servers) {
       for (const mode of MODES) {
-        await measureOne(servers[k], { ...mode, requests: Math.ceil(mode.requests / 2) }, servers[k].threads ?? null);
+        await measureOne(
+          servers[k],
+          { ...mode, requests: Math.ceil(mode.requests / 2) },
+          servers[k].threads ?? null,
+        );
       }
       log(`  warmed up ${k}`);
     }
@@ -197,7 +231,11 @@ async function measureThroughput() {
         }
       }
       result.rounds.push(rec);
-      const line = (k) => MODES.map((m) => `${m.name} SET ${rec.results[k][m.name].rps.SET.toFixed(0)} GET ${rec.results[k][m.name].rps.GET.toFixed(0)}`).join(' | ');
+      const line = (k) =>
+        MODES.map(
+          (m) =>
+            `${m.name} SET ${rec.results[k][m.name].rps.SET.toFixed(0)} GET ${rec.results[k][m.name].rps.GET.toFixed(0)}`,
+        ).join(' | ');
       log(`  round ${round + 1} (${order.join(', ')}):`);
       for (const k of cfg.servers) log(`    ${k.padEnd(8)} ${line(k)}`);
     }
@@ -216,7 +254,8 @@ function summarise() {
     cpu[k] = {};
     for (const m of MODES) {
       medians[k][m.name] = {};
-      for (const t of tests) medians[k][m.name][t] = r0(median(rounds.map((r) => r.results[k][m.name].rps[t])));
+      for (const t of tests)
+        medians[k][m.name][t] = r0(median(rounds.map((r) => r.results[k][m.name].rps[t])));
       const pick = (f) => r0(median(rounds.map((r) => f(r.results[k][m.name]))), 2);
       cpu[k][m.name] = {
         main: pick((x) => x.cpuUsPerReq.main),
@@ -235,7 +274,11 @@ function summarise() {
       ratios[`lockstep/${other}`][m.name] = {};
       for (const t of tests) {
         const per = rounds.map((r) => r.results.lockstep[m.name].rps[t] / r.results[other][m.name].rps[t]);
-        ratios[`lockstep/${other}`][m.name][t] = { median: r0(median(per), 3), min: r0(Math.min(...per), 3), max: r0(Math.max(...per), 3) };
+        ratios[`lockstep/${other}`][m.name][t] = {
+          median: r0(median(per), 3),
+          min: r0(Math.min(...per), 3),
+          max: r0(Math.max(...per), 3),
+        };
       }
     }
   }
@@ -249,7 +292,9 @@ function markdown() {
   const n = result.rounds.length;
   const f = (x) => (x === null ? 'n/a' : Math.round(x).toLocaleString('en-US'));
   const rt = (x) => (x ? `${x.median.toFixed(2)}× (${x.min.toFixed(2)}–${x.max.toFixed(2)})` : 'n/a');
-  L.push(`KV benchmark, ${result.date.slice(0, 10)}: ${cfg.clients} clients, medians of ${n} interleaved rounds (req/s); ratios per round, medianed (min–max)`);
+  L.push(
+    `KV benchmark, ${result.date.slice(0, 10)}: ${cfg.clients} clients, medians of ${n} interleaved rounds (req/s); ratios per round, medianed (min–max)`,
+  );
   L.push('');
   L.push('| mode | test | lockstep | native (gcc) | redis-server | lockstep/native | lockstep/redis |');
   L.push('|---|---|---:|---:|---:|---:|---:|');
@@ -262,7 +307,9 @@ function markdown() {
     }
   }
   L.push('');
-  L.push('CPU time per request (µs, median over rounds; GET and SET together). Lockstep: main = I/O thread, vCPU = worker, other = V8 helpers');
+  L.push(
+    'CPU time per request (µs, median over rounds; GET and SET together). Lockstep: main = I/O thread, vCPU = worker, other = V8 helpers',
+  );
   L.push('');
   L.push('| server | mode | main | vCPU | other | server total | of which kernel | redis-benchmark client |');
   L.push('|---|---|---:|---:|---:|---:|---:|---:|');
@@ -271,7 +318,9 @@ function markdown() {
     for (const m of MODES) {
       const c = result.cpu[k][m.name];
       const isL = k === 'lockstep';
-      L.push(`| ${k} | ${m.name === 'plain' ? 'no pipeline' : `-P ${m.pipeline}`} | ${isL ? g(c.main) : '—'} | ${isL ? g(c.vcpu) : '—'} | ${isL ? g(c.other) : '—'} | ${g(c.total)} | ${g(c.sys)} | ${g(c.client)} |`);
+      L.push(
+        `| ${k} | ${m.name === 'plain' ? 'no pipeline' : `-P ${m.pipeline}`} | ${isL ? g(c.main) : '—'} | ${isL ? g(c.vcpu) : '—'} | ${isL ? g(c.other) : '—'} | ${g(c.total)} | ${g(c.sys)} | ${g(c.client)} |`,
+      );
     }
   }
   if (result.startup) {
@@ -281,14 +330,15 @@ function markdown() {
     L.push('| lockstep, cold cache | lockstep, warm cache | native | redis-server |');
     L.push('|---:|---:|---:|---:|');
     const s = result.startup;
-    L.push(`| ${f(s['lockstep-cold'].medianMs)} ms | ${f(s['lockstep-warm'].medianMs)} ms | ${f(s.native.medianMs)} ms | ${f(s.redis.medianMs)} ms |`);
+    L.push(
+      `| ${f(s['lockstep-cold'].medianMs)} ms | ${f(s['lockstep-warm'].medianMs)} ms | ${f(s.native.medianMs)} ms | ${f(s.redis.medianMs)} ms |`,
+    );
   }
   return L.join('\n');
 }
 
 function save() {
-  mkdirSync(path.dirname(outFile), { recursive: true });
-  writeFileSync(outFile, JSON.stringify(result, null, 1) + '\n');
+  writeResults(outFile, result);
   log(`\nbench: results written to ${path.relative(ROOT, outFile)}`);
 }
 

@@ -1,8 +1,16 @@
 // Shared pieces of the KV benchmarks (bench/kv.mjs, bench/kv-profile.mjs): starting and stopping
 // servers on loopback, waiting for the first PONG, running redis-benchmark, and reading per-thread
 // CPU times from /proc. Every wait is bounded in time; every child is killed at exit.
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -99,7 +107,9 @@ export async function waitForPong(port, t0, timeoutMs, child) {
   const deadline = t0 + timeoutMs;
   while (performance.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`server exited (${child.exitCode ?? child.signalCode}) before answering PING: ${child.stderrText?.slice(-500)}`);
+      throw new Error(
+        `server exited (${child.exitCode ?? child.signalCode}) before answering PING: ${child.stderrText?.slice(-500)}`,
+      );
     }
     if (await pingOnce(port, 1000)) return performance.now() - t0;
     await sleep(5);
@@ -120,7 +130,17 @@ export async function waitForPong(port, t0, timeoutMs, child) {
 export const SERVERS = {
   lockstep: ({ port, dir, cacheDir }) => ({
     cmd: process.execPath,
-    args: [LOCKSTEP_BIN, 'run', KV_WASM, '--listen', `${HOST}:${port}`, '--disk', dir, '--env', 'KV_FSYNC=no'],
+    args: [
+      LOCKSTEP_BIN,
+      'run',
+      KV_WASM,
+      '--listen',
+      `${HOST}:${port}`,
+      '--disk',
+      dir,
+      '--env',
+      'KV_FSYNC=no',
+    ],
     env: { LOCKSTEP_CACHE_DIR: cacheDir },
   }),
   native: ({ port, dir }) => ({
@@ -130,22 +150,74 @@ export const SERVERS = {
   }),
   redis: ({ port, dir }) => ({
     cmd: 'redis-server',
-    args: ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning'],
+    args: [
+      '--port',
+      String(port),
+      '--bind',
+      HOST,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      '--daemonize',
+      'no',
+      '--loglevel',
+      'warning',
+    ],
     env: {},
   }),
   vm: ({ port, dir, cacheDir }) => ({
     cmd: process.execPath,
-    args: [VM_SERVER, '--wasm', KV_WASM, '--listen', `${HOST}:${port}`, '--disk', dir, '--env', 'KV_FSYNC=no', '--cache-dir', cacheDir],
+    args: [
+      VM_SERVER,
+      '--wasm',
+      KV_WASM,
+      '--listen',
+      `${HOST}:${port}`,
+      '--disk',
+      dir,
+      '--env',
+      'KV_FSYNC=no',
+      '--cache-dir',
+      cacheDir,
+    ],
     env: {},
   }),
   'vm-raw': ({ port, dir }) => ({
     cmd: process.execPath,
-    args: [VM_SERVER, '--raw', '--wasm', KV_WASM, '--listen', `${HOST}:${port}`, '--disk', dir, '--env', 'KV_FSYNC=no'],
+    args: [
+      VM_SERVER,
+      '--raw',
+      '--wasm',
+      KV_WASM,
+      '--listen',
+      `${HOST}:${port}`,
+      '--disk',
+      dir,
+      '--env',
+      'KV_FSYNC=no',
+    ],
     env: {},
   }),
   'vm-counted': ({ port, dir, cacheDir, dist }) => ({
     cmd: process.execPath,
-    args: [VM_SERVER, '--dist', dist, '--wasm', KV_WASM, '--listen', `${HOST}:${port}`, '--disk', dir, '--env', 'KV_FSYNC=no', '--cache-dir', cacheDir],
+    args: [
+      VM_SERVER,
+      '--dist',
+      dist,
+      '--wasm',
+      KV_WASM,
+      '--listen',
+      `${HOST}:${port}`,
+      '--disk',
+      dir,
+      '--env',
+      'KV_FSYNC=no',
+      '--cache-dir',
+      cacheDir,
+    ],
     env: {},
   }),
 };
@@ -154,7 +226,11 @@ export const SERVERS = {
 export function shellLine({ cmd, args, env }) {
   const q = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
   const envs = Object.entries(env).map(([k, v]) => `${k}=${q(v)}`);
-  return [...envs, q(path.isAbsolute(cmd) && cmd.startsWith(ROOT) ? path.relative(ROOT, cmd) : cmd), ...args.map((a) => q(a.startsWith(ROOT + '/') ? path.relative(ROOT, a) : a))].join(' ');
+  return [
+    ...envs,
+    q(path.isAbsolute(cmd) && cmd.startsWith(ROOT) ? path.relative(ROOT, cmd) : cmd),
+    ...args.map((a) => q(a.startsWith(ROOT + '/') ? path.relative(ROOT, a) : a)),
+  ].join(' ');
 }
 
 /**
@@ -292,8 +368,23 @@ export function cpuSplit(before, after, threads) {
  * Runs redis-benchmark against a port; returns { rps: {SET, GET, ...}, clientCpuS, wallS,
  * command }. The client's own CPU time is taken with bash's `times` (children's user+sys).
  */
-export async function redisBenchmark(port, { tests = 'get,set', requests, clients = 50, pipeline = 1, timeoutMs }) {
-  const args = ['-h', HOST, '-p', String(port), '-c', String(clients), '-n', String(requests), '-t', tests, '--csv'];
+export async function redisBenchmark(
+  port,
+  { tests = 'get,set', requests, clients = 50, pipeline = 1, timeoutMs },
+) {
+  const args = [
+    '-h',
+    HOST,
+    '-p',
+    String(port),
+    '-c',
+    String(clients),
+    '-n',
+    String(requests),
+    '-t',
+    tests,
+    '--csv',
+  ];
   if (pipeline > 1) args.push('-P', String(pipeline));
   const command = `redis-benchmark ${args.join(' ')}`;
   const t0 = performance.now();
@@ -331,7 +422,8 @@ export async function redisBenchmark(port, { tests = 'get,set', requests, client
   const lines = err.trim().split('\n');
   const tm = /(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s/.exec(lines[lines.length - 1] ?? '');
   const clientCpuS = tm ? Number(tm[1]) * 60 + Number(tm[2]) + Number(tm[3]) * 60 + Number(tm[4]) : null;
-  if (Object.keys(rps).length === 0) throw new Error(`${command}: no results in output: ${out.slice(0, 300)}`);
+  if (Object.keys(rps).length === 0)
+    throw new Error(`${command}: no results in output: ${out.slice(0, 300)}`);
   return { rps, clientCpuS, wallS, command };
 }
 
@@ -340,7 +432,9 @@ export async function redisBenchmark(port, { tests = 'get,set', requests, client
 export function machineFacts() {
   const sh = (cmd, args) => {
     try {
-      return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+      return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+        .toString()
+        .trim();
     } catch {
       return null;
     }
@@ -362,7 +456,11 @@ export function machineFacts() {
 export function ensureNativeBuild() {
   if (existsSync(NATIVE_KV) && existsSync(NATIVE_SHIM)) return false;
   process.stderr.write('bench: native kv missing, running examples/build.sh\n');
-  execFileSync('bash', [path.join(ROOT, 'examples/build.sh')], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'], timeout: 600_000 });
+  execFileSync('bash', [path.join(ROOT, 'examples/build.sh')], {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    timeout: 600_000,
+  });
   return true;
 }
 
@@ -370,4 +468,56 @@ export function ensureDist() {
   if (!existsSync(path.join(ROOT, 'dist/src/cli/main.js'))) {
     throw new Error('dist/ is missing: run `npx tsc -p tsconfig.json` first');
   }
+}
+
+/**
+ * Other processes using CPU right now (over `ms`), excluding this process and its children:
+ * a benchmark on a shared 2-core machine is only as good as its idle background.
+ */
+export async function busyProcesses(ms = 1000, minPct = 20) {
+  const sample = () => {
+    const m = new Map();
+    for (const d of readdirSync('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      try {
+        const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+        const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+        m.set(Number(d), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) });
+      } catch {
+        // gone
+      }
+    }
+    return m;
+  };
+  const a = sample();
+  await sleep(ms);
+  const b = sample();
+  const out = [];
+  for (const [pid, x] of b) {
+    if (pid === process.pid || x.ppid === process.pid) continue;
+    const pct = ((x.ticks - (a.get(pid)?.ticks ?? x.ticks)) / CLK_TCK / (ms / 1000)) * 100;
+    if (pct >= minPct) {
+      let cmd = '';
+      try {
+        cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim().slice(0, 120);
+      } catch {
+        // gone
+      }
+      out.push({ pid, cpuPct: Math.round(pct), cmd });
+    }
+  }
+  return out;
+}
+
+/** Writes a results file, formatted with the repository's prettier when it is installed (so `npm run lint` passes). */
+export function writeResults(file, obj) {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(obj, null, 2) + '\n');
+  const prettier = path.join(ROOT, 'node_modules/.bin/prettier');
+  if (existsSync(prettier))
+    spawnSync(prettier, ['--write', '--log-level', 'warn', file], {
+      cwd: ROOT,
+      stdio: 'ignore',
+      timeout: 60_000,
+    });
 }

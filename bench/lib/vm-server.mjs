@@ -60,7 +60,14 @@ if (opt.raw) {
   // Vm's constructor is private in TypeScript only; it needs the module bytes and the preopens
   // that Vm.load() would have computed (just the disk here).
   const bytes = new Uint8Array(readFileSync(opt.wasm));
-  const module = { bytes, sha256: '', sourceSha256: '', memoryMaxPages: 0, memoryInitialPages: 0, globalExports: [] };
+  const module = {
+    bytes,
+    sha256: '',
+    sourceSha256: '',
+    memoryMaxPages: 0,
+    memoryInitialPages: 0,
+    globalExports: [],
+  };
   vm = Reflect.construct(Vm, [config, module, [{ guestPath: '/data', hostPath: path.resolve(opt.disk) }]]);
 } else {
   const r = await Vm.load(config);
@@ -71,23 +78,26 @@ if (opt.raw) {
   vm = r.vm;
 }
 const [addr] = await vm.start();
-process.stderr.write(`vm-server: listening on ${addr.host}:${addr.port}${opt.raw ? ' (uninstrumented)' : ''}\n`);
+process.stderr.write(
+  `vm-server: listening on ${addr.host}:${addr.port}${opt.raw ? ' (uninstrumented)' : ''}\n`,
+);
 
-// Counters of a counting dist/ copy (kv-profile.mjs): Ctl slots 5.. and main-thread globals.
+// Counters of a counting dist/ copy (kv-profile.mjs): Ctl slots 16.. and main-thread globals.
 process.on('SIGUSR2', () => {
   const i32 = vm.ctl.i32;
   const slot = (k) => (k < i32.length ? Atomics.load(i32, k) : 0);
   const g = globalThis.__lockstepBench ?? {};
   const counters = {
-    pokeIo: slot(5),
-    wakeVcpuNotify: slot(6),
-    wakeVcpuCalls: slot(7),
-    vcpuWaits: slot(8),
-    pollOneoff: slot(9),
-    sockRecv: slot(10),
-    sockSend: slot(11),
-    otherHostCalls: slot(12),
-    pollSubs: slot(13),
+    pokeIo: slot(16),
+    ioNotify: slot(17),
+    wakeVcpuCalls: slot(18),
+    wakeVcpuNotify: slot(19),
+    vcpuWaits: slot(20),
+    pollOneoff: slot(21),
+    sockRecv: slot(22),
+    sockSend: slot(23),
+    otherHostCalls: slot(24),
+    pollSubs: slot(25),
     ioLoops: g.loops ?? 0,
     ioAsyncWaits: g.asyncWaits ?? 0,
     dataEvents: g.dataEvents ?? 0,

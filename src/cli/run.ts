@@ -117,7 +117,9 @@ export function addRunCommand(program: Command): void {
 export function exitStatusFor(outcome: VmOutcome): number {
   switch (outcome.stop) {
     case 'exit':
-      return outcome.exitCode;
+      // A process status holds 8 bits. A non-zero code whose low byte is 0 (256, 512, …)
+      // would read as success, so it becomes 255 instead; other codes keep their low byte.
+      return outcome.exitCode === 0 ? 0 : outcome.exitCode % 256 === 0 ? 255 : outcome.exitCode % 256;
     case 'trap':
       return EXIT_TRAP;
     case 'limit':

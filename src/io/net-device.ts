@@ -101,8 +101,10 @@ export class NetDevice {
     while (this.running) {
       const seen = Atomics.load(i32, CtlSlot.IO);
       this.service();
+      this.ctl.ioWaiting(true);
       const w = Atomics.waitAsync(i32, CtlSlot.IO, seen);
       if (w.async) await w.value;
+      this.ctl.ioWaiting(false);
     }
   }
 

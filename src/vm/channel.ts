@@ -234,9 +234,11 @@ function copyFromRing(ring: Uint8Array, pos: number, dst: Uint8Array): void {
  * (Atomics.waitAsync); the vCPU bumps it after producing work. MSG counts
  * messages the I/O side has posted to the vCPU's port, so the vCPU drains its
  * port (receiveMessageOnPort) only when something is there. STOP asks the
- * vCPU to stop at its next host call.
+ * vCPU to stop at its next host call. VCPU_WAITING and IO_WAITING are raised
+ * by a side just before it sleeps; whoever flips one back to 0 sends the
+ * single notify, so a burst of events costs one wake-up.
  */
-export const CtlSlot = { WAKE: 0, IO: 1, MSG: 2, STOP: 3, VCPU_WAITING: 4 } as const;
+export const CtlSlot = { WAKE: 0, IO: 1, MSG: 2, STOP: 3, VCPU_WAITING: 4, IO_WAITING: 5 } as const;
 const CTL_SLOTS = 8;
 
 export class Ctl {
@@ -247,12 +249,21 @@ export class Ctl {
   /** Wakes the vCPU if it sleeps; safe and cheap when it does not. */
   wakeVcpu(): void {
     Atomics.add(this.i32, CtlSlot.WAKE, 1);
-    if (Atomics.load(this.i32, CtlSlot.VCPU_WAITING) !== 0) Atomics.notify(this.i32, CtlSlot.WAKE);
+    // Only the side that flips the hint from 1 to 0 notifies: one wake-up per sleep, not one per event.
+    if (Atomics.compareExchange(this.i32, CtlSlot.VCPU_WAITING, 1, 0) === 1)
+      Atomics.notify(this.i32, CtlSlot.WAKE);
   }
   /** Tells the I/O side there is work. */
   pokeIo(): void {
     Atomics.add(this.i32, CtlSlot.IO, 1);
-    Atomics.notify(this.i32, CtlSlot.IO);
+    // Same protocol as wakeVcpu: the I/O side raises IO_WAITING before it compares IO
+    // in Atomics.waitAsync, so skipping the notify while it is busy loses no wake-up.
+    if (Atomics.compareExchange(this.i32, CtlSlot.IO_WAITING, 1, 0) === 1)
+      Atomics.notify(this.i32, CtlSlot.IO);
+  }
+  /** I/O side: announces that it is about to wait on IO (see pokeIo). */
+  ioWaiting(on: boolean): void {
+    Atomics.store(this.i32, CtlSlot.IO_WAITING, on ? 1 : 0);
   }
   wakeSeq(): number {
     return Atomics.load(this.i32, CtlSlot.WAKE);

@@ -23,7 +23,8 @@ import { NetDevice, type ListenSpec } from '../io/net-device.js';
 import type { VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
 import type { Preopen } from './fs/fs.js';
 import { WASI_FUNCTIONS, WASI_MODULE } from '../wasi/abi.js';
-import { instrument, type InstrumentedModule } from './instrument/index.js';
+import { DEFAULT_CALL_DEPTH_MAX, instrument, type InstrumentedModule } from './instrument/index.js';
+import { HOST_ROOT_BYTES_MAX } from './fs/limits.js';
 import { StopReason } from './wasi/signals.js';
 
 /** 64 KiB wasm pages per MiB. */
@@ -35,7 +36,7 @@ export const MEMORY_MAX_MIB_DEFAULT = 512;
  * stop at the same depth), well below what V8's byte-based stack allows in
  * the vCPU worker with VCPU_STACK_MIB.
  */
-export const CALL_DEPTH_MAX = 10_000;
+export const CALL_DEPTH_MAX = DEFAULT_CALL_DEPTH_MAX;
 /** The vCPU worker's stack; generous so the depth counter, not V8, is what stops deep recursion. */
 const VCPU_STACK_MIB = 16;
 /** How long a stop request may wait for a host call before the worker is terminated. */
@@ -92,6 +93,15 @@ export class Vm {
     for (const d of config.dirs)
       preopens.push({ guestPath: d.guestPath, hostPath: path.resolve(d.hostPath) });
     for (const p of preopens) {
+      if (Buffer.byteLength(p.hostPath, 'utf8') > HOST_ROOT_BYTES_MAX) {
+        return {
+          ok: false,
+          error: {
+            code: 'option',
+            message: `folder path longer than ${HOST_ROOT_BYTES_MAX} bytes: ${p.hostPath}`,
+          },
+        };
+      }
       let isDir = false;
       try {
         isDir = statSync(p.hostPath).isDirectory();

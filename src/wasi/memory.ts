@@ -21,6 +21,13 @@ export class GuestFault extends Error {
   }
 }
 
+/** A request the host refuses as invalid (errno INVAL), such as too many iovecs. */
+export class GuestInval extends Error {
+  constructor() {
+    super('invalid argument');
+  }
+}
+
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 const utf8Encoder = new TextEncoder();
 
@@ -161,7 +168,7 @@ export class GuestMemory {
 
   /** Reads an iovec/ciovec array into views of guest memory. */
   iovecs(ptr: number, count: number): Uint8Array[] {
-    if (count < 0 || count > IOVEC_COUNT_MAX) throw new GuestFault(ptr >>> 0, count);
+    if (count < 0 || count > IOVEC_COUNT_MAX) throw new GuestInval();
     const out: Uint8Array[] = [];
     for (let i = 0; i < count; i++) {
       const buf = this.u32(ptr + i * 8);

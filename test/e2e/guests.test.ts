@@ -121,6 +121,14 @@ test('exit codes: exit(), proc_exit, and returning from main', { timeout: 30_000
     assert.equal(r.code, code, r.stderr);
     assert.match(r.stdout, new RegExp(`exiting with ${code}`));
   }
+  // A status holds 8 bits: 256 must not read as success.
+  for (const [code, status] of [
+    [256, 255],
+    [300, 44],
+  ] as const) {
+    const r = await runLockstep(['run', guest('exit_code'), '--', String(code)]);
+    assert.equal(r.code, status, r.stderr);
+  }
   const r = await runLockstep(['run', guest('proc_exit_direct'), ...traceArg(), '--', '9']);
   assert.equal(r.code, 9);
   assert.equal(r.stdout, 'before proc_exit\n');

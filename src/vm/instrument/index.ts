@@ -27,7 +27,7 @@ export { ASYNCIFY_EXPORTS, MEMORY_PAGES_MAX } from './pipeline.js';
 
 /**
  * Default call-depth limit. depth.test.ts runs unbounded C recursion in a worker thread with
- * Node's default 4 MB stack (where the VM runs guests): V8's RangeError comes at 55k frames for
+ * Node's default 4 MB stack (the VM gives its vCPU worker 16 MiB, more still): V8's RangeError comes at 55k frames for
  * plain code and 41k-45k frames for asyncify-instrumented code (TurboFan, Liftoff), so the
  * limit always fires first, with 4x headroom. The main thread's ~1 MB stack would not do: there
  * asyncify-instrumented recursion overflows at about 9.7k frames under TurboFan.

@@ -27,7 +27,10 @@ export const WASI_COVERAGE: Record<WasiFunctionName, CoverageRow> = {
   fd_datasync: { status: 'implemented', note: 'fdatasync' },
   fd_fdstat_get: { status: 'implemented', note: 'stdio is a character device without seek rights' },
   fd_fdstat_set_flags: { status: 'implemented', note: 'APPEND/SYNC/DSYNC on files, NONBLOCK on streams' },
-  fd_fdstat_set_rights: { status: 'implemented', note: 'rights can only be dropped' },
+  fd_fdstat_set_rights: {
+    status: 'implemented',
+    note: 'files and directories can only drop rights; streams have fixed rights (asking for no more succeeds)',
+  },
   fd_filestat_get: { status: 'implemented', note: 'virtual dev/ino, zero timestamps' },
   fd_filestat_set_size: { status: 'implemented', note: 'ftruncate' },
   fd_filestat_set_times: {

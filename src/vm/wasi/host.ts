@@ -38,10 +38,11 @@ import {
   WASI_FUNCTIONS,
   type WasiFunctionName,
 } from '../../wasi/abi.js';
-import { GuestFault, GuestMemory, encodeUtf8 } from '../../wasi/memory.js';
+import { GuestFault, GuestInval, GuestMemory, encodeUtf8 } from '../../wasi/memory.js';
 import { Channel, type Ctl, RxFlag, TxFlag } from '../channel.js';
 import type { DirHandle, FileHandle, FileStat, FileSystem } from '../fs/fs.js';
 import { ProcExit, StopRequested } from './signals.js';
+import { PATH_BYTES_MAX } from '../fs/limits.js';
 import type { Clock } from '../../io/clock.js';
 import type { Entropy } from '../../io/entropy.js';
 
@@ -94,7 +95,6 @@ export interface WasiHostCaps {
 export const FD_COUNT_MAX = 4096;
 /** A poll_oneoff call cannot make the host walk more subscriptions than this. */
 export const POLL_SUBSCRIPTIONS_MAX = 4096;
-/** A single sock_send/fd_write to a socket is accepted in chunks; nothing else bounds it. */
 const NS_PER_MS = 1_000_000n;
 
 export type WasiImports = Record<WasiFunctionName, (...args: never[]) => number | bigint | void>;
@@ -159,23 +159,7 @@ export class WasiHost {
    */
   private gate(name: string, impl: (...a: unknown[]) => number): (...a: never[]) => number {
     const ctl = this.caps.ctl;
-    if (this.trace !== null) {
-      const counts = new Map<number, number>();
-      this.trace.set(name, counts);
-      const inner = impl;
-      impl = (...args: unknown[]) => {
-        let r: number | undefined;
-        try {
-          r = inner(...args);
-          return r;
-        } finally {
-          // proc_exit and stop signals count as calls with no errno (-1).
-          const key = typeof r === 'number' ? r : -1;
-          counts.set(key, (counts.get(key) ?? 0) + 1);
-        }
-      };
-    }
-    return (...args: unknown[]) => {
+    const gated = (...args: unknown[]): number => {
       const stop = ctl.stopRequested();
       if (stop !== 0) throw new StopRequested(stop);
       this.memory.refresh();
@@ -183,9 +167,25 @@ export class WasiHost {
         return impl(...args);
       } catch (e) {
         if (e instanceof GuestFault) return Errno.FAULT;
+        if (e instanceof GuestInval) return Errno.INVAL;
         if (e instanceof ProcExit || e instanceof StopRequested) throw e;
         // A host bug must not look like a guest error; it stops the VM with the host's message.
         throw e instanceof Error ? new HostCallError(name, e) : e;
+      }
+    };
+    if (this.trace === null) return gated;
+    // Tracing wraps the whole gate, so FAULT answers are counted as errno 21.
+    const counts = new Map<number, number>();
+    this.trace.set(name, counts);
+    return (...args: unknown[]) => {
+      let r: number | undefined;
+      try {
+        r = gated(...args);
+        return r;
+      } finally {
+        // proc_exit and stop signals count as calls with no errno (-1).
+        const key = typeof r === 'number' ? r : -1;
+        counts.set(key, (counts.get(key) ?? 0) + 1);
       }
     };
   }
@@ -931,7 +931,8 @@ export class WasiHost {
     }
     const peek = (riflags & Riflags.RECV_PEEK) !== 0;
     let n = ch.rxPull(bufs, peek);
-    if ((riflags & Riflags.RECV_WAITALL) !== 0 && !peek) {
+    // WAITALL on a non-blocking socket returns what is there, as Linux does.
+    if ((riflags & Riflags.RECV_WAITALL) !== 0 && !peek && (fdflags & Fdflags.NONBLOCK) === 0) {
       // WAITALL: keep reading until the buffers are full or the stream ends.
       while (n < want) {
         const rest = sliceBufs(bufs, n);
@@ -1183,7 +1184,8 @@ export class WasiHost {
         }
         if (e.kind === 'stdin') return null;
         const txf = ch.txFlags();
-        if ((txf & TxFlag.BROKEN) !== 0 || (rxf & RxFlag.RESET) !== 0) {
+        // A write side that is shut (by the peer, a reset, or the guest itself) polls as hung up.
+        if ((txf & (TxFlag.BROKEN | TxFlag.SHUT_WR | TxFlag.CLOSE)) !== 0 || (rxf & RxFlag.RESET) !== 0) {
           return { error: 0, nbytes: 0n, flags: Eventrwflags.HANGUP };
         }
         const space = ch.txSpace();
@@ -1210,9 +1212,6 @@ interface PollEvent {
   nbytes: bigint;
   flags: number;
 }
-
-/** Paths longer than Linux's PATH_MAX are refused before any work. */
-export const PATH_BYTES_MAX = 4096;
 
 /** Views of `bufs` with the first `skip` bytes removed. */
 function sliceBufs(bufs: Uint8Array[], skip: number): Uint8Array[] {
