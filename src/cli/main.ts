@@ -33,11 +33,8 @@ export async function cliMain(argv: string[]): Promise<void> {
   } catch (e) {
     if (e instanceof CommanderError) {
       // Help and version are successes; everything else commander rejects is a usage error.
-      if (
-        e.code === 'commander.helpDisplayed' ||
-        e.code === 'commander.version' ||
-        e.code === 'commander.help'
-      ) {
+      // A bare `lockstep` prints help too (commander.help), but that is a usage error.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') {
         process.exit(0);
       }
       process.exit(EXIT_USAGE);

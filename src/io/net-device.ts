@@ -171,9 +171,9 @@ export class NetDevice {
     });
     socket.on('close', () => {
       c.socketClosed = true;
-      if ((c.ch.rxFlags() & RxFlag.EOF) === 0 && !c.eofPending) {
-        c.ch.setRxFlag(RxFlag.EOF);
-      }
+      // EOF only after every received byte is in the ring.
+      if (c.rxLeftover !== null) c.eofPending = true;
+      else c.ch.setRxFlag(RxFlag.EOF);
       c.ch.setTxFlag(TxFlag.BROKEN);
       this.ctl.wakeVcpu();
       if (c.vcpuClosed) this.conns.delete(c.id);
@@ -183,12 +183,24 @@ export class NetDevice {
 
   private onData(c: Conn, chunk: Buffer): void {
     if ((c.ch.txFlags() & TxFlag.SHUT_RD) !== 0) return; // the guest shut its read side: discard
-    const n = c.ch.rxPush(chunk);
+    if ((c.ch.txFlags() & TxFlag.CLOSE) !== 0) return; // closed by the guest: nobody will read it
+    if (c.rxLeftover !== null) {
+      // Older bytes wait outside the ring: keep the order.
+      c.rxLeftover = Buffer.concat([c.rxLeftover, chunk]);
+      return;
+    }
+    let n = c.ch.rxPush(chunk);
     if (n < chunk.byteLength) {
-      c.rxLeftover =
-        c.rxLeftover === null ? chunk.subarray(n) : Buffer.concat([c.rxLeftover, chunk.subarray(n)]);
+      // Raise PAUSED before the second try: a vCPU that empties the ring after this point sees
+      // the flag and pokes us, and one that emptied it before leaves room for the retry.
       c.ch.setRxFlag(RxFlag.PAUSED);
-      c.socket.pause();
+      n += c.ch.rxPush(chunk.subarray(n));
+      if (n < chunk.byteLength) {
+        c.rxLeftover = chunk.subarray(n);
+        c.socket.pause();
+      } else {
+        c.ch.clearRxFlag(RxFlag.PAUSED);
+      }
     }
     if (n > 0) this.ctl.wakeVcpu();
   }
@@ -211,16 +223,16 @@ export class NetDevice {
         else c.socket.resume();
       }
     }
-    const txf = ch.txFlags();
     if (!c.writeBlocked && !c.socketClosed) {
       const data = ch.txTake();
-      if (data !== null) {
-        if (!c.socket.write(data)) c.writeBlocked = true;
-        if ((txf & TxFlag.WANT_SPACE) !== 0) {
-          ch.clearTxFlag(TxFlag.WANT_SPACE);
-          woke = true;
-        }
-      }
+      if (data !== null && !c.socket.write(data)) c.writeBlocked = true;
+    }
+    // Read the flags after draining: the vCPU raises WANT_SPACE before it checks for space,
+    // and we free space before we look for WANT_SPACE, so one of us always sees the other.
+    const txf = ch.txFlags();
+    if ((txf & TxFlag.WANT_SPACE) !== 0 && ch.txSpace() > 0) {
+      ch.clearTxFlag(TxFlag.WANT_SPACE);
+      woke = true;
     }
     if ((txf & (TxFlag.SHUT_WR | TxFlag.CLOSE)) !== 0 && ch.txBuffered() === 0 && !c.ended) {
       c.ended = true;
@@ -229,6 +241,16 @@ export class NetDevice {
     if ((txf & TxFlag.CLOSE) !== 0 && !c.vcpuClosed) {
       c.vcpuClosed = true;
       if (c.socketClosed) this.conns.delete(c.id);
+      else if (ch.rxAvailable() > 0 || c.rxLeftover !== null) {
+        // Closing with unread input resets the connection, as Linux does; it also frees the
+        // entry at once instead of leaving a paused socket nobody will read.
+        c.rxLeftover = null;
+        c.socket.resetAndDestroy();
+      } else {
+        c.socket.resume(); // later input is discarded by onData
+        // Once our FIN is out, a peer that never closes gets CLOSE_FLUSH_MS, not forever.
+        c.socket.once('finish', () => setTimeout(() => c.socket.destroy(), CLOSE_FLUSH_MS).unref());
+      }
     }
     if (woke) this.ctl.wakeVcpu();
   }
@@ -288,27 +310,33 @@ export class NetDevice {
     this.ctl.pokeIo();
     const flushed: Promise<void>[] = [];
     for (const c of this.conns.values()) {
+      // Take what the guest sent even if Node's buffer is full: end() queues it behind the rest.
+      if (!c.socketClosed) {
+        const rest = c.ch.txTake();
+        if (rest !== null) c.socket.write(rest);
+      }
       if (!c.ended) c.socket.end();
       // Wait until what the guest sent has left (or the socket failed), so a guest's
       // last words before exiting reach its client; a peer that never reads gets
-      // CLOSE_FLUSH_MS and is then cut off, so it cannot keep the host waiting.
+      // CLOSE_FLUSH_MS. Then the socket is destroyed: a client that keeps its end
+      // open must not keep the host waiting.
       flushed.push(
         new Promise<void>((resolve) => {
-          if (c.socket.writableFinished || c.socket.destroyed) return resolve();
-          const t = setTimeout(() => {
-            c.socket.destroy();
-            resolve();
-          }, CLOSE_FLUSH_MS);
           const done = (): void => {
             clearTimeout(t);
+            c.socket.destroy();
             resolve();
           };
+          const t = setTimeout(done, CLOSE_FLUSH_MS);
+          if (c.socket.writableFinished || c.socket.destroyed) return done();
           c.socket.once('finish', done);
           c.socket.once('close', done);
         }),
       );
     }
-    await Promise.all([...this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))), ...flushed]);
+    // server.close() stops accepting at once; its callback would wait for every connection.
+    for (const s of this.servers) s.close();
+    await Promise.all(flushed);
     this.conns.clear();
     if (this.stdinStarted) this.stdin.source?.pause();
   }

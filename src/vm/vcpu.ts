@@ -51,7 +51,10 @@ export type VcpuMessage = VcpuResult | { type: 'io'; msg: VcpuToIoMessage };
 /** Values of the instrumentation's `lockstep_limit` global. */
 const LIMIT_BY_CODE: Record<number, LimitKind> = { 1: 'memory', 2: 'depth', 3: 'fuel' };
 
-function writeAll(fd: number, bytes: Uint8Array): void {
+const retrySleep = new Int32Array(new SharedArrayBuffer(4));
+
+/** Writes all bytes to a host fd; false when the reader is gone (EPIPE). */
+function writeAll(fd: number, bytes: Uint8Array): boolean {
   let off = 0;
   while (off < bytes.byteLength) {
     try {
@@ -60,13 +63,14 @@ function writeAll(fd: number, bytes: Uint8Array): void {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EAGAIN') {
         // stdout may be a non-blocking pipe; wait a moment for the reader instead of failing the guest.
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        Atomics.wait(retrySleep, 0, 0, 1);
         continue;
       }
-      if (code === 'EPIPE') return; // the reader went away; the guest's output is dropped, as with a closed pipe
+      if (code === 'EPIPE') return false; // the reader went away: the guest sees PIPE
       throw e;
     }
   }
+  return true;
 }
 
 function run(init: VcpuInit): VcpuResult {

@@ -31,6 +31,8 @@ import { StopReason } from './wasi/signals.js';
 export const PAGES_PER_MIB = 16;
 /** Default memory limit: generous for services, far below wasm32's 4 GiB. */
 export const MEMORY_MAX_MIB_DEFAULT = 512;
+/** The largest memory limit: 2 GiB less one page keeps every guest pointer a non-negative i32. */
+export const MEMORY_MAX_MIB_LIMIT = 2047;
 /**
  * Fixed call-depth limit. It is part of the VM's definition (a backup must
  * stop at the same depth), well below what V8's byte-based stack allows in
@@ -113,8 +115,13 @@ export class Vm {
       }
       if (!isDir) return { ok: false, error: { code: 'option', message: `not a folder: ${p.hostPath}` } };
     }
-    if (!(config.memoryMaxMib >= 1 && config.memoryMaxMib <= 4096)) {
-      return { ok: false, error: { code: 'option', message: 'memory limit must be between 1 and 4096 MiB' } };
+    // Pointers arrive from the guest as signed i32; the host reads them as such, so the
+    // limit stays below 2 GiB, where every pointer is non-negative.
+    if (!(config.memoryMaxMib >= 1 && config.memoryMaxMib <= MEMORY_MAX_MIB_LIMIT)) {
+      return {
+        ok: false,
+        error: { code: 'option', message: `memory limit must be between 1 and ${MEMORY_MAX_MIB_LIMIT} MiB` },
+      };
     }
     let source: Uint8Array;
     try {
@@ -194,7 +201,12 @@ export class Vm {
 
   /** Asks the guest to stop; terminates the worker if it makes no host call within the grace period. */
   stop(reason: number): void {
-    if (this.worker === null || this.stopReason !== 0) return;
+    if (this.worker === null) return;
+    if (this.stopReason !== 0) {
+      // A second request (a second Ctrl-C) does not wait for the grace period.
+      void this.worker.terminate();
+      return;
+    }
     this.stopReason = reason;
     this.ctl.requestStop(reason);
     this.killTimer = setTimeout(() => void this.worker?.terminate(), STOP_GRACE_MS);

@@ -57,6 +57,7 @@ test('usage errors exit 2 and name the problem', async () => {
     [['run', 'x.wasm', '--dir', '::/x'], /HOSTDIR::GUESTPATH/],
     [['run', 'x.wasm', '--memory-max-mib', '-3'], /positive integer/],
     [['frobnicate'], /unknown command/],
+    [[], /Usage: lockstep/],
   ];
   for (const [args, msg] of cases) {
     const r = await runLockstep(args);
@@ -70,6 +71,9 @@ test('a missing file or folder is refused with 125', async () => {
   assert.equal(r.code, 125);
   assert.match(r.stderr, /cannot read/);
   const ok = wat('ok.wasm', '(module (memory (export "memory") 1) (func (export "_start")))');
+  r = await runLockstep(['run', ok, '--memory-max-mib', '4096']);
+  assert.equal(r.code, 125, 'a memory limit above 2047 MiB is a bad option value');
+  assert.match(r.stderr, /2047 MiB/);
   r = await runLockstep(['run', ok, '--disk', path.join(tmp.dir, 'no-such-disk')]);
   assert.equal(r.code, 125);
   assert.match(r.stderr, /does not exist/);

@@ -15,7 +15,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
-import { repoPath, runLockstep, startLockstep, tempDir, type RunResult } from './harness.js';
+import { spawn } from 'node:child_process';
+import { BIN, CACHE_DIR, repoPath, runLockstep, startLockstep, tempDir, type RunResult } from './harness.js';
 import { WASI_COVERAGE } from '../../src/vm/wasi/coverage.js';
 import { WASI_FUNCTIONS } from '../../src/wasi/abi.js';
 
@@ -253,6 +254,39 @@ test('Rust std guest: TcpListener::from_raw_fd(3) and std::fs on /data', { timeo
   } finally {
     await vm.stop();
   }
+});
+
+test(
+  'a guest that exits while its client keeps the connection open: bytes delivered, VM ends',
+  {
+    timeout: 30_000,
+  },
+  async () => {
+    const vm = await startLockstep(['run', guest('send_and_exit'), ...traceArg(), '--listen', '127.0.0.1:0']);
+    try {
+      const s = net.connect({ port: vm.addresses[0]!.port, host: '127.0.0.1', allowHalfOpen: true });
+      const got = await readExactly(s, 3, { buf: Buffer.alloc(0) });
+      assert.equal(got.toString(), 'hi\n');
+      const r = await vm.exited; // must not wait for this client, which never closes
+      assert.equal(r.code, 0, r.stderr);
+      s.destroy();
+    } finally {
+      await vm.stop();
+    }
+  },
+);
+
+test('stdout to a closed pipe: the guest sees EPIPE instead of spinning', { timeout: 30_000 }, async () => {
+  const r = await new Promise<number | null>((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, 'run', guest('yes')], {
+      env: { ...process.env, LOCKSTEP_CACHE_DIR: CACHE_DIR },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    child.stdout.once('data', () => child.stdout.destroy()); // like `| head -1`
+    child.on('error', reject);
+    child.on('close', (code) => resolve(code));
+  });
+  assert.equal(r, 3, 'yes.wasm exits 3 when a write fails');
 });
 
 test('direct calls: rarely used functions, ENOSYS ones, and error paths', { timeout: 30_000 }, async () => {

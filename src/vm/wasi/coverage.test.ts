@@ -26,7 +26,7 @@ test('the host provides every function, and the ENOSYS ones answer ENOSYS', () =
       {
         clock: realClock,
         entropy: realEntropy,
-        out: { stdout: () => {}, stderr: () => {} },
+        out: { stdout: () => true, stderr: () => true },
         ctl: new Ctl(),
         ioPort: io.port2,
         postToIo: () => {},

@@ -39,7 +39,7 @@ import {
   type WasiFunctionName,
 } from '../../wasi/abi.js';
 import { GuestFault, GuestInval, GuestMemory, encodeUtf8 } from '../../wasi/memory.js';
-import { Channel, type Ctl, RxFlag, TxFlag } from '../channel.js';
+import { Channel, CtlSlot, type Ctl, RxFlag, TxFlag } from '../channel.js';
 import type { DirHandle, FileHandle, FileStat, FileSystem } from '../fs/fs.js';
 import { ProcExit, StopRequested } from './signals.js';
 import { PATH_BYTES_MAX } from '../fs/limits.js';
@@ -65,9 +65,12 @@ export type VcpuToIoMessage =
   | { type: 'stdin-wanted' };
 
 export interface OutputSinks {
-  /** Writes guest stdout bytes; returns when they are handed to the host. */
-  stdout(bytes: Uint8Array): void;
-  stderr(bytes: Uint8Array): void;
+  /**
+   * Writes guest stdout bytes; returns when they are handed to the host, and
+   * false when the reader is gone (the guest then sees PIPE, as with a closed pipe).
+   */
+  stdout(bytes: Uint8Array): boolean;
+  stderr(bytes: Uint8Array): boolean;
 }
 
 export interface WasiHostConfig {
@@ -324,7 +327,8 @@ export class WasiHost {
         for (const offer of this.pending.get(e.listener) ?? []) {
           this.caps.postToIo({ type: 'conn-dropped', connId: offer.connId });
         }
-        this.pending.set(e.listener, []);
+        // Offers that arrive after this point find no queue and are dropped (drainMessages).
+        this.pending.delete(e.listener);
         return Errno.SUCCESS;
       default:
         return Errno.SUCCESS;
@@ -622,7 +626,7 @@ export class WasiHost {
         const sink = e.kind === 'stdout' ? this.caps.out.stdout : this.caps.out.stderr;
         for (const b of bufs) {
           if (b.byteLength === 0) continue;
-          sink(b);
+          if (!sink(b)) return n > 0 ? this.finishWrite(nwrittenPtr, n) : Errno.PIPE;
           n += b.byteLength;
         }
         break;
@@ -645,6 +649,11 @@ export class WasiHost {
         return Errno.BADF;
     }
     mem.setU32(nwrittenPtr, n);
+    return Errno.SUCCESS;
+  }
+
+  private finishWrite(nwrittenPtr: number, n: number): number {
+    this.memory.setU32(nwrittenPtr, n);
     return Errno.SUCCESS;
   }
 
@@ -869,7 +878,7 @@ export class WasiHost {
 
   /** Drains the I/O side's messages into local queues; cheap when there are none. */
   private drainMessages(): void {
-    const seq = Atomics.load(this.caps.ctl.i32, 2 /* CtlSlot.MSG */);
+    const seq = Atomics.load(this.caps.ctl.i32, CtlSlot.MSG);
     if (seq === this.msgSeen) return;
     this.msgSeen = seq;
     for (;;) {
@@ -914,6 +923,16 @@ export class WasiHost {
     }
   }
 
+  /** blockUntil without a deadline that answers false instead of throwing when a stop is requested. */
+  private blockUntilOrStop(ready: () => boolean): boolean {
+    try {
+      return this.blockUntil(ready, null);
+    } catch (e) {
+      if (e instanceof StopRequested) return false;
+      throw e;
+    }
+  }
+
   private streamRead(
     ch: Channel,
     fdflags: number,
@@ -936,7 +955,9 @@ export class WasiHost {
       // WAITALL: keep reading until the buffers are full or the stream ends.
       while (n < want) {
         const rest = sliceBufs(bufs, n);
-        this.blockUntil(readable, null);
+        // A stop request after some bytes were taken returns them (as a signal would on
+        // Linux); the stop is honoured at the next call's entry.
+        if (!this.blockUntilOrStop(readable)) break;
         const k = ch.rxPull(rest);
         if (k === 0) break;
         n += k;
@@ -972,8 +993,10 @@ export class WasiHost {
       // A blocking socket accepts everything, as on Linux: wait for the I/O side to drain the ring.
       const writable = (): boolean => ch.txSpace() > 0 || (ch.txFlags() & TxFlag.BROKEN) !== 0;
       ch.setTxFlag(TxFlag.WANT_SPACE);
-      this.blockUntil(writable, null);
+      // Bytes already pushed will be sent, so a stop request returns the partial count.
+      const ok = n > 0 ? this.blockUntilOrStop(writable) : (this.blockUntil(writable, null), true);
       ch.clearTxFlag(TxFlag.WANT_SPACE);
+      if (!ok) break;
       if ((ch.txFlags() & TxFlag.BROKEN) !== 0) break;
     }
     if (n === 0) return { ok: false, errno: (ch.txFlags() & TxFlag.BROKEN) !== 0 ? Errno.PIPE : Errno.AGAIN };
