@@ -172,6 +172,7 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
     memoryMaxMib: opts.memoryMaxMib,
     cpuBudget: opts.cpuBudget ?? null,
     traceCallsPath: opts.traceCalls ?? null,
+    stdin: process.stdin,
   });
   clearTimeout(notice);
   if (!loaded.ok) {

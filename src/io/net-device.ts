@@ -83,6 +83,9 @@ export class NetDevice {
           resolve();
         });
       });
+      // After listen, accept errors (EMFILE and the like) are transient: Node keeps listening.
+      // Without a handler they would be uncaught exceptions on the host's main thread.
+      server.on('error', () => {});
       this.servers.push(server);
       const addr = server.address() as net.AddressInfo;
       out.push({ host: addr.address, port: addr.port });

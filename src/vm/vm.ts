@@ -153,7 +153,9 @@ export class Vm {
     const stdinCh = Channel.create(64 * 1024, 1024);
     this.net = new NetDevice(this.ctl, io.port1, this.config.listen, {
       ch: stdinCh,
-      source: this.config.stdin === undefined ? process.stdin : this.config.stdin,
+      // A VM reads the process's stdin only when its owner says so (`lockstep run` does);
+      // VMs in a host daemon must never share the daemon's stdin.
+      source: this.config.stdin ?? null,
     });
     const addresses = await this.net.listen();
     this.net.start();
