@@ -33,19 +33,11 @@ import {
   tempDir,
   threadCpu,
   writeResults,
+  numberOption,
 } from './lib/kvbench.mjs';
 
 const argv = process.argv.slice(2);
-function opt(name, def) {
-  const i = argv.indexOf(name);
-  if (i < 0) return def;
-  const v = Number(argv[i + 1]);
-  if (!Number.isFinite(v) || v <= 0) {
-    process.stderr.write(`bench: ${name} needs a positive number\n`);
-    process.exit(2);
-  }
-  return v;
-}
+const opt = (name, def) => numberOption(argv, name, def);
 const quick = argv.includes('--quick');
 const cfg = {
   runs: opt('--runs', quick ? 2 : 5),

@@ -38,21 +38,13 @@ import {
   tempDir,
   threadCpu,
   writeResults,
+  numberOption,
 } from './lib/kvbench.mjs';
 
 // ---------------------------------------------------------------- options
 
 const argv = process.argv.slice(2);
-function opt(name, def) {
-  const i = argv.indexOf(name);
-  if (i < 0) return def;
-  const v = Number(argv[i + 1]);
-  if (!Number.isFinite(v) || v <= 0) {
-    process.stderr.write(`bench: ${name} needs a positive number\n`);
-    process.exit(2);
-  }
-  return v;
-}
+const opt = (name, def) => numberOption(argv, name, def);
 if (argv.includes('--help')) {
   process.stdout.write(
     'usage: node bench/kv.mjs [--runs N] [--requests N] [--pipeline-requests N] [--startup-runs N]\n' +

@@ -521,3 +521,15 @@ export function writeResults(file, obj) {
       timeout: 60_000,
     });
 }
+
+/** A positive numeric command-line option (`--runs 5`), or `def` when absent; exits 2 on a bad value. */
+export function numberOption(argv, name, def) {
+  const i = argv.indexOf(name);
+  if (i < 0) return def;
+  const v = Number(argv[i + 1]);
+  if (!Number.isFinite(v) || v <= 0) {
+    process.stderr.write(`bench: ${name} needs a positive number\n`);
+    process.exit(2);
+  }
+  return v;
+}
