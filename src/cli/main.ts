@@ -7,6 +7,8 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { addRunCommand } from './run.js';
+import { addRecordCommand } from './record.js';
+import { addReplayCommand } from './replay.js';
 
 export const EXIT_USAGE = 2;
 
@@ -22,6 +24,8 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
   addRunCommand(program);
+  addRecordCommand(program);
+  addReplayCommand(program);
   program.addOption(new Option('--no-color', 'accepted for compatibility').hideHelp());
   return program;
 }

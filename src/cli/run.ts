@@ -8,7 +8,7 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmOutcome } from '../vm/vm.js';
+import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmLog, type VmOutcome } from '../vm/vm.js';
 import { parseListen, type ListenSpec } from '../io/net-device.js';
 import type { Preopen } from '../vm/fs/fs.js';
 import { StopReason } from '../vm/wasi/signals.js';
@@ -95,7 +95,7 @@ export function addVmOptions(cmd: Command): Command {
     );
 }
 
-interface VmCliOptions {
+export interface VmCliOptions {
   listen: ListenSpec[];
   disk?: string;
   dir: Preopen[];
@@ -133,6 +133,13 @@ export function exitStatusFor(outcome: VmOutcome): number {
           : EXIT_LIMIT;
     case 'host-error':
       return EXIT_REFUSED;
+    // Only replay stops these ways; its own command maps them (src/cli/replay.ts).
+    case 'end-of-log':
+      return 0;
+    case 'divergence':
+      return 3;
+    case 'replay-host-failure':
+      return 1;
   }
 }
 
@@ -150,13 +157,25 @@ export function describeOutcome(outcome: VmOutcome): string | null {
       return 'lockstep: stopped (the guest made no host call within the grace period, so it was terminated)';
     case 'host-error':
       return `lockstep: internal error in the host: ${outcome.message}`;
+    case 'end-of-log':
+      return null;
+    case 'divergence':
+      return `lockstep: divergence: ${outcome.divergence.detail}`;
+    case 'replay-host-failure':
+      return `lockstep: ${outcome.message}`;
   }
 }
 
 /** Loading longer than this prints a progress line: instrumenting a module takes seconds the first time. */
 const SLOW_LOAD_NOTICE_MS = 400;
 
-async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
+/** Loads and instruments the VM for run and record, with a progress line when that is slow. Prints refusals. */
+export async function loadVmForCli(
+  wasm: string,
+  vmArgs: string[],
+  opts: VmCliOptions,
+  log: VmLog | null,
+): Promise<Vm | null> {
   const notice = setTimeout(() => {
     process.stderr.write(
       `lockstep: instrumenting ${path.basename(wasm)} (once per module; the result is cached)…\n`,
@@ -164,7 +183,7 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
   }, SLOW_LOAD_NOTICE_MS);
   const loaded = await Vm.load({
     wasmPath: wasm,
-    args: [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
+    args: vmArgs,
     env: opts.env,
     listen: opts.listen,
     disk: opts.disk ?? null,
@@ -173,13 +192,26 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
     cpuBudget: opts.cpuBudget ?? null,
     traceCallsPath: opts.traceCalls ?? null,
     stdin: process.stdin,
+    log,
   });
   clearTimeout(notice);
   if (!loaded.ok) {
     process.stderr.write(`lockstep: ${loaded.error.message}\n`);
-    return EXIT_REFUSED;
+    return null;
   }
-  const vm = loaded.vm;
+  return loaded.vm;
+}
+
+export function printListening(addresses: ListenSpec[]): void {
+  addresses.forEach((a, i) => {
+    const shown = a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+    process.stderr.write(`lockstep: listening on ${shown} (fd ${3 + i})\n`);
+  });
+}
+
+async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
+  const vm = await loadVmForCli(wasm, [path.basename(wasm).replace(/\.wasm$/, ''), ...args], opts, null);
+  if (vm === null) return EXIT_REFUSED;
   let addresses: ListenSpec[];
   try {
     addresses = await vm.start();
@@ -187,10 +219,7 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
     process.stderr.write(`lockstep: cannot listen: ${(e as Error).message}\n`);
     return EXIT_REFUSED;
   }
-  addresses.forEach((a, i) => {
-    const shown = a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
-    process.stderr.write(`lockstep: listening on ${shown} (fd ${3 + i})\n`);
-  });
+  printListening(addresses);
   const onSigint = (): void => vm.stop(StopReason.SIGINT);
   const onSigterm = (): void => vm.stop(StopReason.SIGTERM);
   process.on('SIGINT', onSigint);

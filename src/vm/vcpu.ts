@@ -11,9 +11,30 @@
  * - Files are served synchronously on this thread; sockets and stdin come
  *   through Channels; stdout and stderr are written synchronously to the
  *   process's fds 1 and 2, so their order is the guest's order.
+ * - When recording, every completed host call is in the log ring before the
+ *   result is posted, and a stop that leaves a summary closes the log with
+ *   its trailer. When replaying, nothing reaches the network: streams are
+ *   phantoms and inputs come from the ring the main thread fills.
  */
-import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { parentPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { writeFileSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { ByteReader } from '../core/bytes.js';
+import { ByteRing } from '../ft/ring.js';
+import { OutputKind, OutputLedger, type OutputObserver } from '../ft/outputs.js';
+import {
+  Divergence,
+  EndOfLog,
+  RecordTape,
+  ReplayHostFailure,
+  ReplayTape,
+  type CallDescription,
+  type FrameSource,
+  type RecordsFrame,
+} from '../ft/tape.js';
+import type { StopKind, Summary } from '../ft/log/format.js';
+import type { LogMode } from './wasi/host.js';
+import { WASI_FUNCTIONS } from '../wasi/abi.js';
 import { Channel, Ctl } from './channel.js';
 import { WasiHost, HostCallError, type VcpuToIoMessage } from './wasi/host.js';
 import { ProcExit, StopRequested } from './wasi/signals.js';
@@ -35,16 +56,39 @@ export interface VcpuInit {
   fuel: bigint | null;
   /** When set, per-function call counts are written here as JSON when the guest stops. */
   traceCallsPath: string | null;
+  /** Recording into, or replaying from, a log ring shared with the main thread. */
+  log: VcpuLogInit | null;
+}
+
+export type VcpuLogInit =
+  | { mode: 'record'; ringSab: SharedArrayBuffer }
+  | { mode: 'replay'; ringSab: SharedArrayBuffer; showOutput: boolean };
+
+/** What replay found when it stopped early. */
+export interface DivergenceReport {
+  seq: number;
+  expected: CallDescription;
+  found: CallDescription;
+  detail: string;
 }
 
 export type LimitKind = 'memory' | 'depth' | 'fuel' | 'stack';
 
-export type VcpuResult =
+export type VcpuResult = (
   | { type: 'result'; stop: 'exit'; exitCode: number }
   | { type: 'result'; stop: 'trap'; message: string }
   | { type: 'result'; stop: 'limit'; limit: LimitKind; message: string }
   | { type: 'result'; stop: 'signal'; reason: number }
-  | { type: 'result'; stop: 'host-error'; message: string };
+  | { type: 'result'; stop: 'host-error'; message: string }
+  | { type: 'result'; stop: 'end-of-log' }
+  | { type: 'result'; stop: 'divergence'; divergence: DivergenceReport }
+  | { type: 'result'; stop: 'replay-host-failure'; message: string }
+) & {
+  /** With a log: the summary of DESIGN.md §5 at the cut (absent after a host error). */
+  summary?: Summary;
+  /** Whether the guest's stdout (as written to ours) ends without a newline. */
+  stdoutOpenLine?: boolean;
+};
 
 export type VcpuMessage = VcpuResult | { type: 'io'; msg: VcpuToIoMessage };
 
@@ -53,8 +97,12 @@ const LIMIT_BY_CODE: Record<number, LimitKind> = { 1: 'memory', 2: 'depth', 3: '
 
 const retrySleep = new Int32Array(new SharedArrayBuffer(4));
 
+/** Whether the last byte written to our stdout was not a newline (the summary line needs its own). */
+let stdoutOpenLine = false;
+
 /** Writes all bytes to a host fd; false when the reader is gone (EPIPE). */
 function writeAll(fd: number, bytes: Uint8Array): boolean {
+  if (fd === 1 && bytes.byteLength > 0) stdoutOpenLine = bytes[bytes.byteLength - 1] !== 0x0a;
   let off = 0;
   while (off < bytes.byteLength) {
     try {
@@ -73,32 +121,113 @@ function writeAll(fd: number, bytes: Uint8Array): boolean {
   return true;
 }
 
+/** Reads RECORDS frame bodies (u32 length, then the body) from the replay ring. */
+class RingFrameSource implements FrameSource {
+  private readonly lenBuf = new Uint8Array(4);
+  constructor(
+    private readonly ring: ByteRing,
+    private readonly ctl: Ctl,
+  ) {}
+  next(): RecordsFrame | null {
+    const interrupted = (): boolean => this.ctl.stopRequested() !== 0;
+    if (!this.ring.readBlocking(this.lenBuf, interrupted)) return this.endOrStop();
+    const len = new DataView(this.lenBuf.buffer).getUint32(0, true);
+    const body = new Uint8Array(len);
+    if (!this.ring.readBlocking(body, interrupted)) return this.endOrStop();
+    const r = new ByteReader(body);
+    const firstSeq = r.varint();
+    const count = r.varint();
+    return { firstSeq, count, records: body.subarray(r.pos) };
+  }
+  private endOrStop(): null {
+    const stop = this.ctl.stopRequested();
+    if (stop !== 0) throw new StopRequested(stop);
+    return null;
+  }
+}
+
+/** replay --show-output: guest stdout and stderr go to ours; socket outputs are described on stderr. */
+const showOutput: OutputObserver = (kind, fd, bytes, how) => {
+  if (kind === OutputKind.DATA && bytes !== null && (fd === 1 || fd === 2)) {
+    writeAll(fd, bytes);
+    return;
+  }
+  const what =
+    kind === OutputKind.DATA
+      ? `send ${bytes?.byteLength ?? 0} bytes: ${JSON.stringify(Buffer.from(bytes ?? []).toString('latin1'))}`
+      : kind === OutputKind.SHUTDOWN
+        ? `shutdown (how ${how})`
+        : 'close';
+  writeAll(2, Buffer.from(`lockstep: output fd ${fd}: ${what}\n`));
+};
+
+interface LogState {
+  mode: LogMode;
+  ring: ByteRing;
+  ledger: OutputLedger;
+  events(): number;
+}
+
 function run(init: VcpuInit): VcpuResult {
   const port = parentPort!;
   const ctl = new Ctl(init.ctlSab);
   const fs = new FileSystem(init.preopens);
-  const post = (msg: VcpuToIoMessage): void => port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
+  const replaying = init.log?.mode === 'replay';
+  const post = replaying
+    ? (): void => {}
+    : (msg: VcpuToIoMessage): void => port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
+  let log: LogState | null = null;
+  if (init.log !== null) {
+    const ring = ByteRing.attach(init.log.ringSab);
+    if (init.log.mode === 'record') {
+      const tape = new RecordTape({
+        write: (pieces) => {
+          for (const p of pieces) ring.writeBlocking(p);
+        },
+      });
+      const ledger = new OutputLedger();
+      log = { mode: { mode: 'record', tape, outputs: ledger }, ring, ledger, events: () => tape.events };
+    } else {
+      const tape = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS);
+      const ledger = new OutputLedger(init.log.showOutput ? showOutput : null);
+      log = { mode: { mode: 'replay', tape, outputs: ledger }, ring, ledger, events: () => tape.events };
+    }
+  }
   const host = new WasiHost(
     {
       args: init.args,
       env: init.env,
       listenerCount: init.listenerCount,
-      stdin: Channel.attach(init.stdinSab),
+      stdin: replaying ? Channel.create(16, 16) : Channel.attach(init.stdinSab),
     },
     {
       clock: realClock,
       entropy: realEntropy,
       out: { stdout: (b) => writeAll(1, b), stderr: (b) => writeAll(2, b) },
       ctl,
-      ioPort: init.ioPort,
+      ioPort: replaying ? new MessageChannel().port1 : init.ioPort,
       postToIo: post,
       fs,
     },
-    { traceCalls: init.traceCallsPath !== null },
+    { traceCalls: init.traceCallsPath !== null, log: log?.mode ?? { mode: 'live' } },
   );
   try {
-    return runInstance(init, host, fs);
+    const { result, memory } = runInstance(init, host, fs);
+    if (log === null || result.stop === 'host-error' || memory === null) return result;
+    const summary: Summary = {
+      events: log.events(),
+      memorySha256: memorySha256(memory),
+      outputSha256: log.ledger.digest(),
+      exitCode: result.stop === 'exit' ? result.exitCode : null,
+      stop: stopKindOf(result),
+    };
+    if (log.mode.mode === 'record') {
+      log.mode.tape.finish({ ...summary, outputs: log.ledger.count, outputBytes: log.ledger.bytes });
+    }
+    return { ...result, summary };
   } finally {
+    // The recorder's ring ends here; the main thread stores what is left and closes the file.
+    if (log !== null && log.mode.mode === 'record') log.ring.close();
     if (host.trace !== null && init.traceCallsPath !== null) {
       const obj: Record<string, Record<string, number>> = {};
       for (const [fn, counts] of host.trace) {
@@ -109,61 +238,101 @@ function run(init: VcpuInit): VcpuResult {
   }
 }
 
-function runInstance(init: VcpuInit, host: WasiHost, fs: FileSystem): VcpuResult {
+/** The summary's stop kind for a vCPU result. */
+function stopKindOf(r: VcpuResult): StopKind {
+  switch (r.stop) {
+    case 'exit':
+      return 'exit';
+    case 'limit':
+      return r.limit === 'fuel' ? 'budget' : 'trap';
+    case 'signal':
+      return 'signal';
+    case 'end-of-log':
+    case 'divergence':
+    case 'replay-host-failure':
+      return 'end-of-log';
+    default:
+      return 'trap';
+  }
+}
+
+/**
+ * SHA-256 of linear memory. The instrumentation's asyncify data region is
+ * only in use while a snapshot unwinds the stack, never between host calls,
+ * so at a cut the whole memory is the guest's.
+ */
+function memorySha256(memory: WebAssembly.Memory): string {
+  return createHash('sha256').update(new Uint8Array(memory.buffer)).digest('hex');
+}
+
+function runInstance(
+  init: VcpuInit,
+  host: WasiHost,
+  fs: FileSystem,
+): { result: VcpuResult; memory: WebAssembly.Memory | null } {
   let instance: WebAssembly.Instance;
+  const fail = (message: string): { result: VcpuResult; memory: null } => ({
+    result: { type: 'result', stop: 'host-error', message },
+    memory: null,
+  });
   try {
     const module = new WebAssembly.Module(init.moduleBytes);
     instance = new WebAssembly.Instance(module, { [WASI_MODULE]: host.imports() });
   } catch (e) {
-    return {
-      type: 'result',
-      stop: 'host-error',
-      message: `cannot instantiate module: ${(e as Error).message}`,
-    };
+    return fail(`cannot instantiate module: ${(e as Error).message}`);
   }
   const exports = instance.exports;
   const memory = exports['memory'];
   if (!(memory instanceof WebAssembly.Memory)) {
-    return { type: 'result', stop: 'host-error', message: 'module does not export its memory as "memory"' };
+    return fail('module does not export its memory as "memory"');
   }
   host.bindMemory(memory);
   const fuelGlobal = exports['lockstep_fuel'];
   if (init.fuel !== null) {
     if (!(fuelGlobal instanceof WebAssembly.Global)) {
-      return {
-        type: 'result',
-        stop: 'host-error',
-        message: 'a CPU budget needs a module instrumented with fuel',
-      };
+      return fail('a CPU budget needs a module instrumented with fuel');
     }
     fuelGlobal.value = init.fuel;
   }
   const start = exports['_start'];
-  if (typeof start !== 'function')
-    return { type: 'result', stop: 'host-error', message: 'module has no _start' };
+  if (typeof start !== 'function') return fail('module has no _start');
+  const done = (result: VcpuResult): { result: VcpuResult; memory: WebAssembly.Memory } => ({
+    result,
+    memory,
+  });
   try {
     (start as () => void)();
-    return { type: 'result', stop: 'exit', exitCode: 0 };
+    return done({ type: 'result', stop: 'exit', exitCode: 0 });
   } catch (e) {
-    if (e instanceof ProcExit) return { type: 'result', stop: 'exit', exitCode: e.code };
-    if (e instanceof StopRequested) return { type: 'result', stop: 'signal', reason: e.reason };
-    if (e instanceof HostCallError) return { type: 'result', stop: 'host-error', message: e.message };
+    if (e instanceof ProcExit) return done({ type: 'result', stop: 'exit', exitCode: e.code });
+    if (e instanceof StopRequested) return done({ type: 'result', stop: 'signal', reason: e.reason });
+    if (e instanceof EndOfLog) return done({ type: 'result', stop: 'end-of-log' });
+    if (e instanceof Divergence) {
+      const { seq, expected, found, detail } = e;
+      const args = found.args?.map((a) => (typeof a === 'bigint' ? a.toString() : a)) as number[] | undefined;
+      return done({
+        type: 'result',
+        stop: 'divergence',
+        divergence: { seq, expected, found: { ...found, ...(args ? { args } : {}) }, detail },
+      });
+    }
+    if (e instanceof ReplayHostFailure) {
+      return done({ type: 'result', stop: 'replay-host-failure', message: e.message });
+    }
+    if (e instanceof HostCallError) return fail(e.message);
     if (e instanceof WebAssembly.RuntimeError) {
       const limitGlobal = exports['lockstep_limit'];
       const code = limitGlobal instanceof WebAssembly.Global ? Number(limitGlobal.value) : 0;
       const limit = LIMIT_BY_CODE[code];
-      if (limit !== undefined) return { type: 'result', stop: 'limit', limit, message: limitMessage(limit) };
-      return { type: 'result', stop: 'trap', message: e.message };
+      if (limit !== undefined)
+        return done({ type: 'result', stop: 'limit', limit, message: limitMessage(limit) });
+      return done({ type: 'result', stop: 'trap', message: e.message });
     }
     if (e instanceof RangeError && /call stack/i.test(e.message)) {
       // The depth counter should stop the guest first; reaching V8's own limit means it was set too high.
-      return { type: 'result', stop: 'limit', limit: 'stack', message: 'host stack exhausted' };
+      return done({ type: 'result', stop: 'limit', limit: 'stack', message: 'host stack exhausted' });
     }
-    return {
-      type: 'result',
-      stop: 'host-error',
-      message: e instanceof Error ? (e.stack ?? e.message) : String(e),
-    };
+    return fail(e instanceof Error ? (e.stack ?? e.message) : String(e));
   } finally {
     fs.closeAll();
   }
@@ -189,5 +358,5 @@ if (
   'moduleBytes' in workerData
 ) {
   const result = run(workerData as VcpuInit);
-  parentPort.postMessage(result satisfies VcpuMessage);
+  parentPort.postMessage({ ...result, stdoutOpenLine } satisfies VcpuMessage);
 }

@@ -26,6 +26,7 @@ import { WASI_FUNCTIONS, WASI_MODULE } from '../wasi/abi.js';
 import { DEFAULT_CALL_DEPTH_MAX, instrument, type InstrumentedModule } from './instrument/index.js';
 import { HOST_ROOT_BYTES_MAX } from './fs/limits.js';
 import { StopReason } from './wasi/signals.js';
+import type { ByteRing } from '../ft/ring.js';
 
 /** 64 KiB wasm pages per MiB. */
 export const PAGES_PER_MIB = 16;
@@ -59,7 +60,17 @@ export interface VmConfig {
   stdin?: Readable | null;
   /** Writes per-function host-call counts here as JSON when the guest stops (for coverage tests). */
   traceCallsPath?: string | null;
+  /** Record into a log ring (the caller stores it), or replay from one (the caller fills it). */
+  log?: VmLog | null;
 }
+
+/**
+ * A VM's relation to an event log. Replaying binds nothing: the listeners
+ * (as many as the recording had) exist only as phantom descriptors.
+ */
+export type VmLog =
+  | { mode: 'record'; ring: ByteRing }
+  | { mode: 'replay'; ring: ByteRing; showOutput: boolean; listenerCount: number };
 
 export type VmLoadError = { code: 'io' | 'instrument' | 'option'; message: string };
 
@@ -151,25 +162,35 @@ export class Vm {
   async start(): Promise<ListenSpec[]> {
     const io = new MessageChannel();
     const stdinCh = Channel.create(64 * 1024, 1024);
-    this.net = new NetDevice(this.ctl, io.port1, this.config.listen, {
-      ch: stdinCh,
-      // A VM reads the process's stdin only when its owner says so (`lockstep run` does);
-      // VMs in a host daemon must never share the daemon's stdin.
-      source: this.config.stdin ?? null,
-    });
-    const addresses = await this.net.listen();
-    this.net.start();
+    const log = this.config.log ?? null;
+    let addresses: ListenSpec[] = [];
+    if (log?.mode !== 'replay') {
+      this.net = new NetDevice(this.ctl, io.port1, this.config.listen, {
+        ch: stdinCh,
+        // A VM reads the process's stdin only when its owner says so (`lockstep run` does);
+        // VMs in a host daemon must never share the daemon's stdin.
+        source: this.config.stdin ?? null,
+      });
+      addresses = await this.net.listen();
+      this.net.start();
+    }
     const init: VcpuInit = {
       moduleBytes: this.module.bytes,
       args: this.config.args,
       env: this.config.env,
-      listenerCount: this.config.listen.length,
+      listenerCount: log?.mode === 'replay' ? log.listenerCount : this.config.listen.length,
       preopens: this.preopens,
       ctlSab: this.ctl.sab,
       stdinSab: stdinCh.sab,
       ioPort: io.port2,
       fuel: this.config.cpuBudget,
       traceCallsPath: this.config.traceCallsPath ?? null,
+      log:
+        log === null
+          ? null
+          : log.mode === 'record'
+            ? { mode: 'record', ringSab: log.ring.sab }
+            : { mode: 'replay', ringSab: log.ring.sab, showOutput: log.showOutput },
     };
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {

@@ -31,18 +31,16 @@ export class GuestInval extends Error {
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 const utf8Encoder = new TextEncoder();
 
-/** A range of guest memory written by the host during one host call. */
-export interface WrittenRange {
-  ptr: number;
-  len: number;
-}
-
 export class GuestMemory {
   private buffer: ArrayBuffer;
   private u8: Uint8Array;
   private dv: DataView;
-  /** Ranges written since the journal was last taken, or null when not journaling. */
-  private journal: WrittenRange[] | null = null;
+  /**
+   * Ranges written since the journal was last reset, as flat (ptr, len) pairs,
+   * or null when not journaling. Flat numbers keep the recorder's hot path free
+   * of allocations.
+   */
+  private journal: number[] | null = null;
 
   constructor(private readonly memory: WebAssembly.Memory) {
     this.buffer = memory.buffer;
@@ -63,20 +61,19 @@ export class GuestMemory {
     return this.u8.byteLength;
   }
 
-  /** Starts noting written ranges (used by the recorder). */
+  /** Starts noting written ranges (used by the recorder and the replayer). */
   startJournal(): void {
     this.journal = [];
   }
 
-  /** Returns and clears the written ranges noted since the last call. */
-  takeJournal(): WrittenRange[] {
-    const j = this.journal ?? [];
-    if (this.journal !== null) this.journal = [];
-    return j;
+  /** Forgets the ranges noted so far (at each host call's entry). */
+  resetJournal(): void {
+    if (this.journal !== null) this.journal.length = 0;
   }
 
-  stopJournal(): void {
-    this.journal = null;
+  /** The ranges noted since the last reset, as (ptr, len) pairs; valid until the next reset. */
+  journalPairs(): readonly number[] {
+    return this.journal ?? [];
   }
 
   check(ptr: number, len: number): void {
@@ -85,7 +82,7 @@ export class GuestMemory {
   }
 
   private noteWrite(ptr: number, len: number): void {
-    if (this.journal !== null && len > 0) this.journal.push({ ptr, len });
+    if (this.journal !== null && len > 0) this.journal.push(ptr, len);
   }
 
   /** Marks a range as written by code that wrote through a view from `view()` (e.g. a file read). */

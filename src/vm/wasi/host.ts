@@ -17,6 +17,18 @@
  *   send with nothing possible on a blocking descriptor), and then in
  *   Atomics.wait on the control block, so a stop request always wakes it.
  * - Descriptor numbers are allocated lowest-free, so they are deterministic.
+ *
+ * Record and replay (src/ft/tape.ts): with a RecordTape, the gate writes one
+ * record per call: the function, a hash of its arguments, every
+ * nondeterministic input the call consumed (clock values, entropy, bytes and
+ * results from streams, poll events, accepted connections), its errno, and for
+ * calls that consumed none (files, the descriptor table) a hash of the memory
+ * they wrote. With a ReplayTape the same code runs, but each of those inputs
+ * is taken from the log instead of the world, and everything else is performed
+ * for real and checked against the log. The inputs are taken at exactly the
+ * points marked "nondeterministic input" below, which keeps the two modes in
+ * step by construction. Streams and listeners exist in replay as phantoms:
+ * descriptors whose state is kept but that reach no network.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import {
@@ -45,6 +57,9 @@ import { ProcExit, StopRequested } from './signals.js';
 import { PATH_BYTES_MAX } from '../fs/limits.js';
 import type { Clock } from '../../io/clock.js';
 import type { Entropy } from '../../io/entropy.js';
+import { hashBig, hashBytes, hashFinish16, hashStart, hashWord } from '../../core/hash.js';
+import { ReplayStop, type RecordTape, type ReplayTape } from '../../ft/tape.js';
+import type { OutputLedger } from '../../ft/outputs.js';
 
 /** A guest descriptor. */
 type FdEntry =
@@ -98,9 +113,68 @@ export interface WasiHostCaps {
 export const FD_COUNT_MAX = 4096;
 /** A poll_oneoff call cannot make the host walk more subscriptions than this. */
 export const POLL_SUBSCRIPTIONS_MAX = 4096;
+/**
+ * The most bytes one random_get may ask for. Each call's bytes go into one log
+ * record, so they must fit a frame (FRAME_BODY_BYTES_MAX); real guests ask
+ * for tens of bytes at a time.
+ */
+export const RANDOM_BYTES_PER_CALL_MAX = 16 * 1024 * 1024;
+/** Errnos that mean the host's own disk failed: on a replaying host, that side's failure. */
+export const HOST_DISK_ERRNOS: ReadonlySet<number> = new Set([Errno.NOSPC, Errno.IO, Errno.DQUOT]);
 const NS_PER_MS = 1_000_000n;
 
 export type WasiImports = Record<WasiFunctionName, (...args: never[]) => number | bigint | void>;
+
+/** How the host relates to an event log. */
+export type LogMode =
+  | { mode: 'live' }
+  | { mode: 'record'; tape: RecordTape; outputs: OutputLedger }
+  | { mode: 'replay'; tape: ReplayTape; outputs: OutputLedger };
+
+/**
+ * Arguments that point at bytes the call reads: they are part of its
+ * argument hash, so a backup notices a different path or a different
+ * payload, not only a different pointer. [kind, ptr arg index, len arg index]:
+ * 'b' plain bytes, 'v' an iovec array, 's' poll subscriptions (len = count).
+ */
+type ContentArg = readonly ['b' | 'v' | 's', number, number];
+const CONTENT_ARGS: Partial<Record<WasiFunctionName, readonly ContentArg[]>> = {
+  fd_write: [['v', 1, 2]],
+  fd_pwrite: [['v', 1, 2]],
+  sock_send: [['v', 1, 2]],
+  poll_oneoff: [['s', 0, 2]],
+  path_create_directory: [['b', 1, 2]],
+  path_filestat_get: [['b', 2, 3]],
+  path_filestat_set_times: [['b', 2, 3]],
+  path_link: [
+    ['b', 2, 3],
+    ['b', 5, 6],
+  ],
+  path_open: [['b', 2, 3]],
+  path_readlink: [['b', 1, 2]],
+  path_remove_directory: [['b', 1, 2]],
+  path_rename: [
+    ['b', 1, 2],
+    ['b', 4, 5],
+  ],
+  path_symlink: [
+    ['b', 0, 1],
+    ['b', 3, 4],
+  ],
+  path_unlink_file: [['b', 1, 2]],
+};
+
+/** A stream descriptor in replay: it keeps its flags but no I/O side ever services it. */
+function phantomChannel(): Channel {
+  return Channel.create(16, 16);
+}
+
+type IoResult = { ok: true; value: number } | { ok: false; errno: number };
+
+/** A stream result as one varint: the count times two, or the errno times two plus one. */
+function encodeResult(r: IoResult): number {
+  return r.ok ? r.value * 2 : r.errno * 2 + 1;
+}
 
 export class WasiHost {
   private mem: GuestMemory | null = null;
@@ -112,13 +186,22 @@ export class WasiHost {
   readonly trace: Map<string, Map<number, number>> | null;
   private readonly argvBytes: Uint8Array[];
   private readonly envBytes: Uint8Array[];
+  private readonly rec: RecordTape | null;
+  private readonly rep: ReplayTape | null;
+  private readonly outputs: OutputLedger | null;
+  /** The last value each clock gave the guest; the log keeps differences from it. */
+  private readonly lastClockNs: bigint[] = [0n, 0n, 0n, 0n];
 
   constructor(
     cfg: WasiHostConfig,
     private readonly caps: WasiHostCaps,
-    opts: { traceCalls?: boolean } = {},
+    opts: { traceCalls?: boolean; log?: LogMode } = {},
   ) {
     this.trace = opts.traceCalls === true ? new Map() : null;
+    const log = opts.log ?? { mode: 'live' };
+    this.rec = log.mode === 'record' ? log.tape : null;
+    this.rep = log.mode === 'replay' ? log.tape : null;
+    this.outputs = log.mode === 'live' ? null : log.outputs;
     // One encoder for both the sizes and the bytes (the browser_wasi_shim bug #109 lesson).
     this.argvBytes = cfg.args.map((a) => encodeUtf8(a + '\0'));
     this.envBytes = cfg.env.map((e) => encodeUtf8(e + '\0'));
@@ -137,7 +220,13 @@ export class WasiHost {
 
   bindMemory(memory: WebAssembly.Memory): GuestMemory {
     this.mem = new GuestMemory(memory);
+    if (this.rec !== null || this.rep !== null) this.mem.startJournal();
     return this.mem;
+  }
+
+  /** Whether this host replays a log (streams are phantoms, inputs come from the log). */
+  get replaying(): boolean {
+    return this.rep !== null;
   }
 
   get memory(): GuestMemory {
@@ -148,11 +237,17 @@ export class WasiHost {
   /** The import object for `wasi_snapshot_preview1`, each function wrapped by the host-call gate. */
   imports(): WasiImports {
     const out = {} as Record<string, (...args: never[]) => number | bigint | void>;
-    for (const name of WASI_FUNCTIONS) {
+    WASI_FUNCTIONS.forEach((name, fnId) => {
       const impl = (this as unknown as Record<string, (...a: unknown[]) => number>)[name];
       if (typeof impl !== 'function') throw new Error(`WasiHost lacks ${name}`);
-      out[name] = this.gate(name, impl.bind(this));
-    }
+      const bound = impl.bind(this);
+      out[name] =
+        this.rec !== null
+          ? this.recordGate(name, fnId, bound, this.rec)
+          : this.rep !== null
+            ? this.replayGate(name, fnId, bound, this.rep)
+            : this.gate(name, bound);
+    });
     return out as WasiImports;
   }
 
@@ -190,6 +285,111 @@ export class WasiHost {
         const key = typeof r === 'number' ? r : -1;
         counts.set(key, (counts.get(key) ?? 0) + 1);
       }
+    };
+  }
+
+  /** The hash a record keeps of a call's arguments and of the bytes they point at. */
+  private argHash(name: WasiFunctionName, fnId: number, args: readonly unknown[]): number {
+    let h = hashWord(hashStart(), fnId);
+    for (const a of args) h = typeof a === 'bigint' ? hashBig(h, a) : hashWord(h, a as number);
+    const content = CONTENT_ARGS[name];
+    if (content !== undefined) {
+      const mem = this.memory;
+      for (const [kind, pi, li] of content) {
+        const ptr = args[pi] as number;
+        const len = args[li] as number;
+        try {
+          if (kind === 'b') h = hashBytes(h, mem.view(ptr, len));
+          else if (kind === 's') h = hashBytes(h, mem.view(ptr, len * Layout.subscription.size));
+          else for (const v of mem.iovecs(ptr, len)) h = hashBytes(h, v);
+        } catch (e) {
+          // The call itself will answer FAULT or INVAL, the same way on both sides.
+          if (!(e instanceof GuestFault || e instanceof GuestInval)) throw e;
+          h = hashWord(h, -1);
+        }
+      }
+    }
+    return hashFinish16(h);
+  }
+
+  /** Hash of the guest memory written during this call, or null when it wrote none. */
+  private effectHash(): number | null {
+    const mem = this.memory;
+    const j = mem.journalPairs();
+    if (j.length === 0) return null;
+    let h = hashStart();
+    for (let i = 0; i < j.length; i += 2) {
+      const ptr = j[i]!;
+      const len = j[i + 1]!;
+      h = hashWord(hashWord(h, ptr), len);
+      h = hashBytes(h, mem.view(ptr, len));
+    }
+    return hashFinish16(h);
+  }
+
+  private recordGate(
+    name: WasiFunctionName,
+    fnId: number,
+    impl: (...a: unknown[]) => number,
+    rec: RecordTape,
+  ): (...a: never[]) => number {
+    const ctl = this.caps.ctl;
+    return (...args: unknown[]): number => {
+      const stop = ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      const mem = this.memory;
+      mem.refresh();
+      rec.begin(fnId, this.argHash(name, fnId, args));
+      mem.resetJournal();
+      let ret: number;
+      try {
+        ret = impl(...args);
+      } catch (e) {
+        if (e instanceof GuestFault) ret = Errno.FAULT;
+        else if (e instanceof GuestInval) ret = Errno.INVAL;
+        else if (e instanceof ProcExit) {
+          rec.end(undefined, null);
+          throw e;
+        } else {
+          // Interrupted before it took effect (a stop while blocked): the call is not in the log.
+          rec.abort();
+          if (e instanceof StopRequested) throw e;
+          throw e instanceof Error ? new HostCallError(name, e) : e;
+        }
+      }
+      rec.end(ret, rec.itemsUsed ? null : this.effectHash());
+      return ret;
+    };
+  }
+
+  private replayGate(
+    name: WasiFunctionName,
+    fnId: number,
+    impl: (...a: unknown[]) => number,
+    rep: ReplayTape,
+  ): (...a: never[]) => number {
+    const ctl = this.caps.ctl;
+    return (...args: unknown[]): number => {
+      const stop = ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      const mem = this.memory;
+      mem.refresh();
+      rep.begin(fnId, this.argHash(name, fnId, args), args as (number | bigint)[]);
+      mem.resetJournal();
+      let ret: number;
+      try {
+        ret = impl(...args);
+      } catch (e) {
+        if (e instanceof GuestFault) ret = Errno.FAULT;
+        else if (e instanceof GuestInval) ret = Errno.INVAL;
+        else if (e instanceof ProcExit) {
+          rep.endNoReturn();
+          throw e;
+        } else if (e instanceof ReplayStop || e instanceof StopRequested) throw e;
+        else throw e instanceof Error ? new HostCallError(name, e) : e;
+      }
+      rep.end(ret, () => this.effectHash(), HOST_DISK_ERRNOS);
+      return ret;
     };
   }
 
@@ -265,15 +465,36 @@ export class WasiHost {
   }
 
   clock_time_get(clockId: number, _precision: bigint, timePtr: number): number {
-    const t = this.now(clockId);
-    if (t === null) return Errno.INVAL;
-    this.memory.setU64(timePtr, t);
+    if (!isClockId(clockId)) return Errno.INVAL;
+    this.memory.check(timePtr, 8);
+    this.memory.setU64(timePtr, this.clockInput(clockId));
     return Errno.SUCCESS;
   }
 
+  /** Nondeterministic input: a clock reading, logged as the difference from that clock's last one. */
+  private clockInput(clockId: number): bigint {
+    const last = this.lastClockNs[clockId]!;
+    let t: bigint;
+    if (this.rep !== null) {
+      t = BigInt.asUintN(64, last + this.rep.takeZ());
+    } else {
+      t = this.now(clockId)!;
+      this.rec?.putZ(t - last);
+    }
+    this.lastClockNs[clockId] = t;
+    return t;
+  }
+
   random_get(bufPtr: number, len: number): number {
+    if (len > RANDOM_BYTES_PER_CALL_MAX) return Errno.INVAL;
     const view = this.memory.view(bufPtr, len);
-    this.caps.entropy.fill(view);
+    // Nondeterministic input: entropy.
+    if (this.rep !== null) {
+      view.set(this.rep.takeRaw(len));
+    } else {
+      this.caps.entropy.fill(view);
+      this.rec?.putRaw(view);
+    }
     this.memory.noteExternalWrite(bufPtr, len);
     return Errno.SUCCESS;
   }
@@ -321,6 +542,7 @@ export class WasiHost {
       case 'socket':
         e.ch.setTxFlag(TxFlag.CLOSE);
         this.caps.ctl.pokeIo();
+        this.outputs?.close(fd);
         return Errno.SUCCESS;
       case 'listener':
         this.caps.postToIo({ type: 'listener-closed', listener: e.listener });
@@ -580,11 +802,8 @@ export class WasiHost {
         r = this.caps.fs.readv(e.h, bufs);
         break;
       case 'stdin':
-        this.wantStdin(e.ch);
-        r = this.streamRead(e.ch, e.fdflags, bufs, 0);
-        break;
       case 'socket':
-        r = this.streamRead(e.ch, e.fdflags, bufs, 0);
+        r = this.streamReadInput(e, bufs, 0);
         break;
       case 'dir':
         return Errno.ISDIR;
@@ -622,13 +841,10 @@ export class WasiHost {
     switch (e.kind) {
       case 'stdout':
       case 'stderr': {
-        n = 0;
-        const sink = e.kind === 'stdout' ? this.caps.out.stdout : this.caps.out.stderr;
-        for (const b of bufs) {
-          if (b.byteLength === 0) continue;
-          if (!sink(b)) return n > 0 ? this.finishWrite(nwrittenPtr, n) : Errno.PIPE;
-          n += b.byteLength;
-        }
+        const r = this.stdioWriteResult(e.kind, bufs);
+        if (!r.ok) return r.errno;
+        n = r.value;
+        this.outputs?.data(fd, bufs, n);
         break;
       }
       case 'file': {
@@ -638,9 +854,10 @@ export class WasiHost {
         break;
       }
       case 'socket': {
-        const r = this.streamWrite(e.ch, e.fdflags, bufs);
+        const r = this.streamWriteResult(e.ch, e.fdflags, bufs);
         if (!r.ok) return r.errno;
         n = r.value;
+        this.outputs?.data(fd, bufs, n);
         break;
       }
       case 'dir':
@@ -652,9 +869,60 @@ export class WasiHost {
     return Errno.SUCCESS;
   }
 
-  private finishWrite(nwrittenPtr: number, n: number): number {
-    this.memory.setU32(nwrittenPtr, n);
-    return Errno.SUCCESS;
+  /** Nondeterministic input: how much of a stdout/stderr write the host took (PIPE when its reader left). */
+  private stdioWriteResult(kind: 'stdout' | 'stderr', bufs: Uint8Array[]): IoResult {
+    if (this.rep !== null) return this.takeResult(bufs);
+    let n = 0;
+    let r: IoResult | null = null;
+    const sink = kind === 'stdout' ? this.caps.out.stdout : this.caps.out.stderr;
+    for (const b of bufs) {
+      if (b.byteLength === 0) continue;
+      if (!sink(b)) {
+        r = n > 0 ? { ok: true, value: n } : { ok: false, errno: Errno.PIPE };
+        break;
+      }
+      n += b.byteLength;
+    }
+    r ??= { ok: true, value: n };
+    this.rec?.putU(encodeResult(r));
+    return r;
+  }
+
+  /** Replay: a logged stream result, checked against the buffers' size. */
+  private takeResult(bufs: readonly Uint8Array[]): IoResult {
+    const v = this.rep!.takeU();
+    if (v % 2 === 1) return { ok: false, errno: (v - 1) / 2 };
+    const n = v / 2;
+    if (n > totalBytes(bufs)) throw new GuestInval();
+    return { ok: true, value: n };
+  }
+
+  /** Nondeterministic input: a read from a stream (socket or stdin) and the bytes it returned. */
+  private streamReadInput(
+    e: { kind: 'stdin' | 'socket'; ch: Channel; fdflags: number },
+    bufs: Uint8Array[],
+    riflags: number,
+  ): IoResult {
+    if (this.rep !== null) {
+      const r = this.takeResult(bufs);
+      if (r.ok) scatter(bufs, this.rep.takeRaw(r.value));
+      return r;
+    }
+    if (e.kind === 'stdin') this.wantStdin(e.ch);
+    const r = this.streamRead(e.ch, e.fdflags, bufs, riflags);
+    if (this.rec !== null) {
+      this.rec.putU(encodeResult(r));
+      if (r.ok) this.rec.putViews(bufs, r.value);
+    }
+    return r;
+  }
+
+  /** Nondeterministic input: how many bytes a socket's bounded send buffer accepted. */
+  private streamWriteResult(ch: Channel, fdflags: number, bufs: Uint8Array[]): IoResult {
+    if (this.rep !== null) return this.takeResult(bufs);
+    const r = this.streamWrite(ch, fdflags, bufs);
+    this.rec?.putU(encodeResult(r));
+    return r;
   }
 
   fd_pwrite(fd: number, iovsPtr: number, iovsLen: number, offset: bigint, nwrittenPtr: number): number {
@@ -919,6 +1187,8 @@ export class WasiHost {
         if (left <= 0n) return false;
         timeoutMs = Number(left) / Number(NS_PER_MS);
       }
+      // A backup must have every completed call before this one waits (and outputs wait on it).
+      this.rec?.flush();
       ctl.waitVcpu(seen, timeoutMs);
     }
   }
@@ -1009,22 +1279,34 @@ export class WasiHost {
     if (e.kind !== 'listener') return e.kind === 'socket' ? Errno.INVAL : Errno.NOTSOCK;
     if ((flags & ~Fdflags.NONBLOCK) !== 0) return Errno.INVAL;
     this.memory.check(fdPtr, 4);
-    const q = this.pending.get(e.listener)!;
-    const hasOne = (): boolean => q.length > 0;
-    this.drainMessages();
-    if (!hasOne()) {
-      if ((e.fdflags & Fdflags.NONBLOCK) !== 0) return Errno.AGAIN;
-      this.blockUntil(hasOne, null);
+    // Nondeterministic input: whether a connection was there (0) or the errno (AGAIN).
+    let offer: { connId: number; sab: SharedArrayBuffer | null };
+    if (this.rep !== null) {
+      const v = this.rep.takeU();
+      if (v !== 0) return v;
+      offer = { connId: -1, sab: null };
+    } else {
+      const q = this.pending.get(e.listener)!;
+      const hasOne = (): boolean => q.length > 0;
+      this.drainMessages();
+      if (!hasOne()) {
+        if ((e.fdflags & Fdflags.NONBLOCK) !== 0) {
+          this.rec?.putU(Errno.AGAIN);
+          return Errno.AGAIN;
+        }
+        this.blockUntil(hasOne, null);
+      }
+      offer = q.shift()!;
+      this.rec?.putU(0);
     }
-    const offer = q.shift()!;
     const newFd = this.allocFd({
       kind: 'socket',
-      ch: Channel.attach(offer.sab),
+      ch: offer.sab === null ? phantomChannel() : Channel.attach(offer.sab),
       connId: offer.connId,
       fdflags: flags & Fdflags.NONBLOCK,
     });
     if (newFd === null) {
-      this.caps.postToIo({ type: 'conn-dropped', connId: offer.connId });
+      if (offer.sab !== null) this.caps.postToIo({ type: 'conn-dropped', connId: offer.connId });
       return Errno.NFILE;
     }
     this.memory.setU32(fdPtr, newFd);
@@ -1046,7 +1328,7 @@ export class WasiHost {
     const bufs = this.memory.iovecs(iovsPtr, iovsLen);
     this.memory.check(nreadPtr, 4);
     this.memory.check(roflagsPtr, 2);
-    const r = this.streamRead(e.ch, e.fdflags, bufs, riflags);
+    const r = this.streamReadInput(e, bufs, riflags);
     if (!r.ok) return r.errno;
     this.noteFilled(bufs, r.value);
     this.memory.setU32(nreadPtr, r.value);
@@ -1061,8 +1343,9 @@ export class WasiHost {
     if (siflags !== 0) return Errno.INVAL;
     const bufs = this.memory.iovecs(iovsPtr, iovsLen);
     this.memory.check(nwrittenPtr, 4);
-    const r = this.streamWrite(e.ch, e.fdflags, bufs);
+    const r = this.streamWriteResult(e.ch, e.fdflags, bufs);
     if (!r.ok) return r.errno;
+    this.outputs?.data(fd, bufs, r.value);
     this.memory.setU32(nwrittenPtr, r.value);
     return Errno.SUCCESS;
   }
@@ -1078,6 +1361,7 @@ export class WasiHost {
     }
     if ((how & Sdflags.WR) !== 0) e.ch.setTxFlag(TxFlag.SHUT_WR);
     this.caps.ctl.pokeIo();
+    this.outputs?.shutdown(fd, how);
     return Errno.SUCCESS;
   }
 
@@ -1093,54 +1377,45 @@ export class WasiHost {
     mem.check(outPtr, nsubs * E.size);
     mem.check(neventsPtr, 4);
     const subs: Sub[] = [];
-    const startNs = this.caps.clock.monotonicNs();
     for (let i = 0; i < nsubs; i++) {
       const p = inPtr + i * S.size;
       const userdata = mem.u64(p + S.userdata);
       const tag = mem.u8At(p + S.tag);
       if (tag === Eventtype.CLOCK) {
         const clockId = mem.u32(p + S.clockId);
-        const timeout = mem.u64(p + S.clockTimeout);
-        const flags = mem.u16(p + S.clockFlags);
-        // Deadlines are kept on the monotonic clock, so a realtime jump cannot stall a sleep forever.
-        let deadlineNs: bigint;
-        if ((flags & Subclockflags.ABSTIME) !== 0) {
-          const now = this.now(clockId);
-          if (now === null) {
-            subs.push({ userdata, tag, fd: -1, deadlineNs: 0n, error: Errno.INVAL });
-            continue;
-          }
-          deadlineNs = startNs + (timeout > now ? timeout - now : 0n);
-        } else {
-          if (this.now(clockId) === null) {
-            subs.push({ userdata, tag, fd: -1, deadlineNs: 0n, error: Errno.INVAL });
-            continue;
-          }
-          deadlineNs = startNs + timeout;
-        }
-        subs.push({ userdata, tag, fd: -1, deadlineNs, error: Errno.SUCCESS });
+        subs.push({
+          userdata,
+          tag,
+          fd: -1,
+          clockId,
+          timeoutNs: mem.u64(p + S.clockTimeout),
+          clockFlags: mem.u16(p + S.clockFlags),
+          deadlineNs: 0n,
+          error: isClockId(clockId) ? Errno.SUCCESS : Errno.INVAL,
+        });
       } else if (tag === Eventtype.FD_READ || tag === Eventtype.FD_WRITE) {
-        subs.push({ userdata, tag, fd: mem.u32(p + S.fd), deadlineNs: 0n, error: Errno.SUCCESS });
+        subs.push({
+          userdata,
+          tag,
+          fd: mem.u32(p + S.fd),
+          clockId: 0,
+          timeoutNs: 0n,
+          clockFlags: 0,
+          deadlineNs: 0n,
+          error: Errno.SUCCESS,
+        });
       } else {
         return Errno.INVAL;
       }
     }
-    let events: PollEvent[] = [];
-    const collect = (): boolean => {
-      events = this.pollReady(subs);
-      return events.length > 0;
-    };
-    let deadline: bigint | null = null;
-    for (const s of subs) {
-      if (
-        s.tag === Eventtype.CLOCK &&
-        s.error === Errno.SUCCESS &&
-        (deadline === null || s.deadlineNs < deadline)
-      ) {
-        deadline = s.deadlineNs;
-      }
+    // Nondeterministic input: which subscriptions fired, and with what.
+    let events: PollEvent[];
+    if (this.rep !== null) {
+      events = this.takePollEvents(subs);
+    } else {
+      events = this.pollLive(subs);
+      if (this.rec !== null) this.putPollEvents(subs, events);
     }
-    if (!this.blockUntil(collect, deadline)) collect();
     for (let i = 0; i < events.length; i++) {
       const ev = events[i]!;
       const p = outPtr + i * E.size;
@@ -1155,23 +1430,98 @@ export class WasiHost {
     return Errno.SUCCESS;
   }
 
+  /** Waits for the subscriptions on the real clock and devices. */
+  private pollLive(subs: Sub[]): PollEvent[] {
+    const startNs = this.caps.clock.monotonicNs();
+    let deadline: bigint | null = null;
+    for (const s of subs) {
+      if (s.tag !== Eventtype.CLOCK || s.error !== Errno.SUCCESS) continue;
+      // Deadlines are kept on the monotonic clock, so a realtime jump cannot stall a sleep forever.
+      if ((s.clockFlags & Subclockflags.ABSTIME) !== 0) {
+        const now = this.now(s.clockId)!;
+        s.deadlineNs = startNs + (s.timeoutNs > now ? s.timeoutNs - now : 0n);
+      } else {
+        s.deadlineNs = startNs + s.timeoutNs;
+      }
+      if (deadline === null || s.deadlineNs < deadline) deadline = s.deadlineNs;
+    }
+    let events: PollEvent[] = [];
+    const collect = (): boolean => {
+      events = this.pollReady(subs);
+      return events.length > 0;
+    };
+    if (!this.blockUntil(collect, deadline)) collect();
+    return events;
+  }
+
+  /**
+   * Logs poll events compactly: their count, then per event the gap since the
+   * previous subscription index, and for descriptor events errno, HANGUP and
+   * nbytes. Userdata and type come from the subscriptions themselves.
+   */
+  private putPollEvents(subs: Sub[], events: PollEvent[]): void {
+    const rec = this.rec!;
+    rec.putU(events.length);
+    let prev = -1;
+    for (const ev of events) {
+      rec.putU(ev.sub - prev - 1);
+      prev = ev.sub;
+      if (subs[ev.sub]!.tag !== Eventtype.CLOCK) {
+        if (ev.flags !== 0 && ev.flags !== Eventrwflags.HANGUP)
+          throw new Error(`unexpected poll event flags ${ev.flags}`);
+        rec.putU(ev.error * 2 + (ev.flags === Eventrwflags.HANGUP ? 1 : 0));
+        rec.putU(Number(ev.nbytes));
+      }
+    }
+  }
+
+  private takePollEvents(subs: Sub[]): PollEvent[] {
+    const rep = this.rep!;
+    const n = rep.takeU();
+    if (n > subs.length) throw new GuestInval();
+    const events: PollEvent[] = [];
+    let prev = -1;
+    for (let i = 0; i < n; i++) {
+      const idx = prev + 1 + rep.takeU();
+      const s = subs[idx];
+      if (s === undefined) throw new GuestInval();
+      prev = idx;
+      if (s.tag === Eventtype.CLOCK) {
+        events.push({ sub: idx, userdata: s.userdata, error: s.error, type: s.tag, nbytes: 0n, flags: 0 });
+      } else {
+        const ef = rep.takeU();
+        const nbytes = BigInt(rep.takeU());
+        events.push({
+          sub: idx,
+          userdata: s.userdata,
+          error: Math.floor(ef / 2),
+          type: s.tag,
+          nbytes,
+          flags: ef % 2 === 1 ? Eventrwflags.HANGUP : 0,
+        });
+      }
+    }
+    return events;
+  }
+
   /** Evaluates every subscription once, without blocking. */
   private pollReady(subs: Sub[]): PollEvent[] {
     const out: PollEvent[] = [];
     let nowNs: bigint | null = null;
-    for (const s of subs) {
+    for (let i = 0; i < subs.length; i++) {
+      const s = subs[i]!;
       if (s.tag === Eventtype.CLOCK) {
         if (s.error !== Errno.SUCCESS) {
-          out.push({ userdata: s.userdata, error: s.error, type: s.tag, nbytes: 0n, flags: 0 });
+          out.push({ sub: i, userdata: s.userdata, error: s.error, type: s.tag, nbytes: 0n, flags: 0 });
           continue;
         }
         nowNs ??= this.caps.clock.monotonicNs();
         if (nowNs >= s.deadlineNs)
-          out.push({ userdata: s.userdata, error: 0, type: s.tag, nbytes: 0n, flags: 0 });
+          out.push({ sub: i, userdata: s.userdata, error: 0, type: s.tag, nbytes: 0n, flags: 0 });
         continue;
       }
       const r = this.fdReadiness(s.fd, s.tag);
-      if (r !== null) out.push({ userdata: s.userdata, type: s.tag, ...r });
+      if (r !== null) out.push({ sub: i, userdata: s.userdata, type: s.tag, ...r });
     }
     return out;
   }
@@ -1224,16 +1574,48 @@ interface Sub {
   userdata: bigint;
   tag: number;
   fd: number;
+  clockId: number;
+  timeoutNs: bigint;
+  clockFlags: number;
+  /** Monotonic deadline, computed only when polling live. */
   deadlineNs: bigint;
   error: number;
 }
 
 interface PollEvent {
+  /** Index of the subscription that fired. */
+  sub: number;
   userdata: bigint;
   error: number;
   type: number;
   nbytes: bigint;
   flags: number;
+}
+
+function isClockId(id: number): boolean {
+  return (
+    id === Clockid.REALTIME ||
+    id === Clockid.MONOTONIC ||
+    id === Clockid.PROCESS_CPUTIME_ID ||
+    id === Clockid.THREAD_CPUTIME_ID
+  );
+}
+
+function totalBytes(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n;
+}
+
+/** Copies `src` across the buffers in order (replay of a read). */
+function scatter(bufs: readonly Uint8Array[], src: Uint8Array): void {
+  let off = 0;
+  for (const b of bufs) {
+    if (off >= src.byteLength) break;
+    const k = Math.min(b.byteLength, src.byteLength - off);
+    b.set(src.subarray(off, off + k));
+    off += k;
+  }
 }
 
 /** Views of `bufs` with the first `skip` bytes removed. */
