@@ -33,6 +33,7 @@ interface ReplayCliOptions {
   disk?: string;
   dir: Preopen[];
   showOutput?: boolean;
+  ignoreModuleHash?: boolean;
 }
 
 function collect<T>(parse: (s: string) => T) {
@@ -52,6 +53,10 @@ export function addReplayCommand(program: Command): void {
         .default([]),
     )
     .option('--show-output', "emit the guest's outputs (stdout, stderr; socket outputs described on stderr)")
+    .option(
+      '--ignore-module-hash',
+      'replay with a module other than the recorded one, to find where it behaves differently (forensics)',
+    )
     .action(async (wasm: string, opts: ReplayCliOptions) => {
       process.exitCode = await replayCommand(wasm, opts);
     });
@@ -132,7 +137,11 @@ async function replayCommand(wasm: string, opts: ReplayCliOptions): Promise<numb
   }
   const vm = loaded.vm;
   const logModule = Buffer.from(h.moduleSha256).toString('hex');
-  if (vm.module.sha256 !== logModule) {
+  if (vm.module.sha256 !== logModule && opts.ignoreModuleHash === true) {
+    process.stderr.write(
+      'lockstep: warning: this module is not the one recorded; replaying anyway (--ignore-module-hash)\n',
+    );
+  } else if (vm.module.sha256 !== logModule) {
     return fail(
       EXIT_REFUSED_INPUT,
       `the log was recorded from another module: it ran ${Buffer.from(h.sourceSha256).toString('hex').slice(0, 16)}… ` +

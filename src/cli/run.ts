@@ -52,6 +52,13 @@ function parsePositiveInt(name: string) {
   };
 }
 
+function parseSeed(s: string): number {
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n))
+    throw new InvalidArgumentError('the seed must be a non-negative integer');
+  return n;
+}
+
 function parseBudget(s: string): bigint {
   if (!/^\d+$/.test(s) || BigInt(s) <= 0n)
     throw new InvalidArgumentError('the CPU budget must be a positive integer');
@@ -88,6 +95,11 @@ export function addVmOptions(cmd: Command): Command {
       new Option('--trace-calls <file>', 'write per-function host-call counts as JSON (testing)').hideHelp(),
     )
     .addOption(
+      new Option('--io-chaos <seed>', 'inject network delays, short reads/writes and resets (testing)')
+        .argParser(parseSeed)
+        .hideHelp(),
+    )
+    .addOption(
       new Option(
         '--cpu-budget <fuel>',
         'stop the guest after this much fuel (about one unit per instruction)',
@@ -103,6 +115,7 @@ export interface VmCliOptions {
   memoryMaxMib: number;
   cpuBudget?: bigint;
   traceCalls?: string;
+  ioChaos?: number;
 }
 
 export function addRunCommand(program: Command): void {
@@ -193,6 +206,7 @@ export async function loadVmForCli(
     traceCallsPath: opts.traceCalls ?? null,
     stdin: process.stdin,
     log,
+    ioChaosSeed: opts.ioChaos ?? null,
   });
   clearTimeout(notice);
   if (!loaded.ok) {

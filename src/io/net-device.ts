@@ -67,6 +67,8 @@ export class NetDevice {
     private readonly port: MessagePort,
     private readonly specs: readonly ListenSpec[],
     private readonly stdin: { ch: Channel; source: Readable | null },
+    /** Seed for I/O chaos (testing only): random delays, short reads and writes, resets. Null: none. */
+    private readonly chaosSeed: number | null = null,
   ) {}
 
   /** Binds every listener; resolves with the addresses actually bound (port 0 gets a real port). */

@@ -62,6 +62,8 @@ export interface VmConfig {
   traceCallsPath?: string | null;
   /** Record into a log ring (the caller stores it), or replay from one (the caller fills it). */
   log?: VmLog | null;
+  /** Seed for the NetDevice's I/O chaos (tests of record/replay under hostile networks); null: none. */
+  ioChaosSeed?: number | null;
 }
 
 /**
@@ -165,12 +167,18 @@ export class Vm {
     const log = this.config.log ?? null;
     let addresses: ListenSpec[] = [];
     if (log?.mode !== 'replay') {
-      this.net = new NetDevice(this.ctl, io.port1, this.config.listen, {
-        ch: stdinCh,
-        // A VM reads the process's stdin only when its owner says so (`lockstep run` does);
-        // VMs in a host daemon must never share the daemon's stdin.
-        source: this.config.stdin ?? null,
-      });
+      this.net = new NetDevice(
+        this.ctl,
+        io.port1,
+        this.config.listen,
+        {
+          ch: stdinCh,
+          // A VM reads the process's stdin only when its owner says so (`lockstep run` does);
+          // VMs in a host daemon must never share the daemon's stdin.
+          source: this.config.stdin ?? null,
+        },
+        this.config.ioChaosSeed ?? null,
+      );
       addresses = await this.net.listen();
       this.net.start();
     }
