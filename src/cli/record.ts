@@ -12,7 +12,6 @@ import { arch } from 'node:process';
 import { Command, Option } from 'commander';
 import { CALL_DEPTH_MAX, PAGES_PER_MIB, type VmOutcome } from '../vm/vm.js';
 import { StopReason } from '../vm/wasi/signals.js';
-import { ByteRing } from '../ft/ring.js';
 import { LogFileWriter } from '../io/log-file.js';
 import { folderManifestSha256 } from '../io/manifest.js';
 import type { LogHeader, Summary } from '../ft/log/format.js';
@@ -51,10 +50,11 @@ export function printSummary(summary: Summary, stdoutOpenLine: boolean): void {
 
 async function recordCommand(wasm: string, args: string[], opts: RecordCliOptions): Promise<number> {
   const vmArgs = [path.basename(wasm).replace(/\.wasm$/, ''), ...args];
-  const ring = ByteRing.create();
-  const loaded = await loadVmForCli(wasm, vmArgs, opts, { mode: 'record', ring });
-  if (loaded === null) return EXIT_REFUSED;
-  const vm = loaded;
+  // The log's descriptor is handed to the vCPU, which appends frames; it is opened after the
+  // module is accepted, so a refused module leaves no log behind.
+  const log: { mode: 'record'; fd: number } = { mode: 'record', fd: -1 };
+  const vm = await loadVmForCli(wasm, vmArgs, opts, log);
+  if (vm === null) return EXIT_REFUSED;
 
   // The header: what the VM starts with. Folders are hashed before the guest can change them.
   let preopens: LogHeader['preopens'];
@@ -86,12 +86,12 @@ async function recordCommand(wasm: string, args: string[], opts: RecordCliOption
   };
   let writer: LogFileWriter;
   try {
-    writer = await LogFileWriter.create(opts.log, header);
+    writer = LogFileWriter.create(opts.log, header);
   } catch (e) {
     process.stderr.write(`lockstep: cannot create the log: ${(e as Error).message}\n`);
     return EXIT_REFUSED;
   }
-  const drained = writer.drain(ring);
+  log.fd = writer.fd;
   let outcome: VmOutcome;
   try {
     const addresses = await vm.start();
@@ -104,17 +104,14 @@ async function recordCommand(wasm: string, args: string[], opts: RecordCliOption
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigterm);
   } catch (e) {
-    ring.close();
-    await drained.catch(() => {});
-    await writer.close().catch(() => {});
+    writer.close();
     process.stderr.write(`lockstep: cannot listen: ${(e as Error).message}\n`);
     return EXIT_REFUSED;
   }
-  // The worker has ended; whatever it put in the ring is stored before the file closes.
-  ring.close();
+  // The worker has ended: every frame it wrote is in the file; make it durable.
+  const logBytes = writer.bytesWritten;
   try {
-    await drained;
-    await writer.close();
+    writer.close();
   } catch (e) {
     process.stderr.write(`lockstep: cannot write the log: ${(e as Error).message}\n`);
     return EXIT_REFUSED;
@@ -123,12 +120,10 @@ async function recordCommand(wasm: string, args: string[], opts: RecordCliOption
   if (msg !== null && outcome.stop !== 'signal') process.stderr.write(msg + '\n');
   const summary = 'summary' in outcome ? outcome.summary : undefined;
   if (summary === undefined) {
-    process.stderr.write(
-      `lockstep: the log has no trailer (${writer.bytesWritten} bytes): it is a prefix of the run\n`,
-    );
+    process.stderr.write(`lockstep: the log has no trailer (${logBytes} bytes): it is a prefix of the run\n`);
     return exitStatusFor(outcome);
   }
-  process.stderr.write(`lockstep: log ${opts.log}: ${summary.events} events, ${writer.bytesWritten} bytes\n`);
+  process.stderr.write(`lockstep: log ${opts.log}: ${summary.events} events, ${logBytes} bytes\n`);
   printSummary(summary, 'stdoutOpenLine' in outcome && outcome.stdoutOpenLine === true);
   // A signal is a clean stop for record: the log is complete up to the cut.
   return outcome.stop === 'signal' ? 0 : exitStatusFor(outcome);

@@ -2,14 +2,15 @@
  * Log files: the main thread's side of recording and replaying.
  *
  * - LogFileWriter creates a log (mode 0600: it carries the guest's random
- *   bytes), writes the preamble and header, then stores what the vCPU puts in
- *   its ring, in order, until the ring closes. The ring is the bounded buffer:
- *   a slow disk slows the guest, it never drops records.
+ *   bytes) and writes the preamble and header; the vCPU appends whole frames
+ *   to the same descriptor (its frame buffer is the bounded buffer: a slow
+ *   disk slows the guest, it never drops records).
  * - scanLogFile checks a whole log before replay (every CRC, the structure,
  *   truncation), and feedLogFile streams its RECORDS frames into a replay ring.
  *
  * Only this module touches log files.
  */
+import { closeSync, fchmodSync, fstatSync, fsyncSync, openSync, writeSync, writevSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ByteRing } from '../ft/ring.js';
 import {
@@ -28,64 +29,63 @@ export const LOG_FILE_MODE = 0o600;
 const READ_CHUNK_BYTES = 1 << 20;
 
 export class LogFileWriter {
-  private bytes = 0;
+  private constructor(readonly fd: number) {}
 
-  private constructor(private readonly fh: FileHandle) {}
-
-  /** Creates (or replaces) the log and writes its preamble and header. */
-  static async create(path: string, header: LogHeader): Promise<LogFileWriter> {
-    const fh = await open(path, 'w', LOG_FILE_MODE);
+  /**
+   * Creates (or replaces) the log and writes its preamble and header. The vCPU
+   * then appends frames to `fd` itself: the frames are complete when written,
+   * so the file is always a valid prefix, and the main thread (which serves
+   * the guest's sockets) does no log I/O.
+   */
+  static create(path: string, header: LogHeader): LogFileWriter {
+    const fd = openSync(path, 'w', LOG_FILE_MODE);
     try {
       // An existing file keeps its old mode on open; the log must not stay readable by others.
-      await fh.chmod(LOG_FILE_MODE);
-      const w = new LogFileWriter(fh);
-      await w.write(preamble());
-      await w.write(encodeFrame(FrameKind.HEADER, encodeHeader(header)));
-      return w;
+      fchmodSync(fd, LOG_FILE_MODE);
+      writeAllSync(fd, preamble());
+      writeAllSync(fd, encodeFrame(FrameKind.HEADER, encodeHeader(header)));
+      return new LogFileWriter(fd);
     } catch (e) {
-      await fh.close();
+      closeSync(fd);
       throw e;
     }
   }
 
   get bytesWritten(): number {
-    return this.bytes;
-  }
-
-  private async write(b: Uint8Array): Promise<void> {
-    let off = 0;
-    while (off < b.byteLength) {
-      const { bytesWritten } = await this.fh.write(b, off, b.byteLength - off);
-      off += bytesWritten;
-    }
-    this.bytes += b.byteLength;
-  }
-
-  /** Stores the ring's bytes until it is closed and empty. */
-  async drain(ring: ByteRing): Promise<void> {
-    for (;;) {
-      const b = ring.take();
-      if (b !== null) {
-        await this.write(b);
-        continue;
-      }
-      if (ring.closed()) {
-        const last = ring.take();
-        if (last !== null) await this.write(last);
-        return;
-      }
-      await ring.waitReadable(1000);
-    }
+    return fstatSync(this.fd).size;
   }
 
   /** Makes the log durable and closes it. */
-  async close(): Promise<void> {
+  close(): void {
     try {
-      await this.fh.sync();
+      fsyncSync(this.fd);
     } finally {
-      await this.fh.close();
+      closeSync(this.fd);
     }
   }
+}
+
+/** Writes the pieces in order with one writev when it takes them all, as it does for regular files. */
+export function writevAllSync(fd: number, pieces: readonly Uint8Array[]): void {
+  let total = 0;
+  for (const p of pieces) total += p.byteLength;
+  let done = writevSync(fd, pieces as Uint8Array[]);
+  if (done === total) return;
+  // A short write: finish piece by piece from where it stopped.
+  for (const p of pieces) {
+    if (done >= p.byteLength) {
+      done -= p.byteLength;
+      continue;
+    }
+    writeAllSync(fd, done > 0 ? p.subarray(done) : p);
+    done = 0;
+  }
+}
+
+/** Writes every byte (a short write to a regular file is retried, not lost). */
+export function writeAllSync(fd: number, b: Uint8Array): void {
+  let off = 0;
+  while (off < b.byteLength) off += writeSync(fd, b, off, b.byteLength - off);
 }
 
 export interface ScannedLog {

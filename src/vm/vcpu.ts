@@ -35,6 +35,14 @@ import {
 import type { StopKind, Summary } from '../ft/log/format.js';
 import type { LogMode } from './wasi/host.js';
 import { WASI_FUNCTIONS } from '../wasi/abi.js';
+import { writevAllSync } from '../io/log-file.js';
+
+/** The event log could not be written: recording cannot go on. */
+class LogWriteError extends Error {
+  constructor(why: string) {
+    super(`cannot write the event log: ${why}`);
+  }
+}
 import { Channel, Ctl } from './channel.js';
 import { WasiHost, HostCallError, type VcpuToIoMessage } from './wasi/host.js';
 import { ProcExit, StopRequested } from './wasi/signals.js';
@@ -61,8 +69,7 @@ export interface VcpuInit {
 }
 
 export type VcpuLogInit =
-  | { mode: 'record'; ringSab: SharedArrayBuffer }
-  | { mode: 'replay'; ringSab: SharedArrayBuffer; showOutput: boolean };
+  { mode: 'record'; fd: number } | { mode: 'replay'; ringSab: SharedArrayBuffer; showOutput: boolean };
 
 /** What replay found when it stopped early. */
 export interface DivergenceReport {
@@ -163,7 +170,6 @@ const showOutput: OutputObserver = (kind, fd, bytes, how) => {
 
 interface LogState {
   mode: LogMode;
-  ring: ByteRing;
   ledger: OutputLedger;
   events(): number;
 }
@@ -178,19 +184,24 @@ function run(init: VcpuInit): VcpuResult {
     : (msg: VcpuToIoMessage): void => port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
   let log: LogState | null = null;
   if (init.log !== null) {
-    const ring = ByteRing.attach(init.log.ringSab);
     if (init.log.mode === 'record') {
+      const logFd = init.log.fd;
       const tape = new RecordTape({
         write: (pieces) => {
-          for (const p of pieces) ring.writeBlocking(p);
+          try {
+            writevAllSync(logFd, pieces);
+          } catch (e) {
+            throw new LogWriteError((e as Error).message);
+          }
         },
       });
       const ledger = new OutputLedger();
-      log = { mode: { mode: 'record', tape, outputs: ledger }, ring, ledger, events: () => tape.events };
+      log = { mode: { mode: 'record', tape, outputs: ledger }, ledger, events: () => tape.events };
     } else {
+      const ring = ByteRing.attach(init.log.ringSab);
       const tape = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS);
       const ledger = new OutputLedger(init.log.showOutput ? showOutput : null);
-      log = { mode: { mode: 'replay', tape, outputs: ledger }, ring, ledger, events: () => tape.events };
+      log = { mode: { mode: 'replay', tape, outputs: ledger }, ledger, events: () => tape.events };
     }
   }
   const host = new WasiHost(
@@ -225,9 +236,11 @@ function run(init: VcpuInit): VcpuResult {
       log.mode.tape.finish({ ...summary, outputs: log.ledger.count, outputBytes: log.ledger.bytes });
     }
     return { ...result, summary };
+  } catch (e) {
+    // The log could not be written (its disk is full, say): stop, with the reason.
+    if (e instanceof LogWriteError) return { type: 'result', stop: 'host-error', message: e.message };
+    throw e;
   } finally {
-    // The recorder's ring ends here; the main thread stores what is left and closes the file.
-    if (log !== null && log.mode.mode === 'record') log.ring.close();
     if (host.trace !== null && init.traceCallsPath !== null) {
       const obj: Record<string, Record<string, number>> = {};
       for (const [fn, counts] of host.trace) {

@@ -71,7 +71,7 @@ export interface VmConfig {
  * (as many as the recording had) exist only as phantom descriptors.
  */
 export type VmLog =
-  | { mode: 'record'; ring: ByteRing }
+  | { mode: 'record'; fd: number }
   | { mode: 'replay'; ring: ByteRing; showOutput: boolean; listenerCount: number };
 
 export type VmLoadError = { code: 'io' | 'instrument' | 'option'; message: string };
@@ -197,7 +197,7 @@ export class Vm {
         log === null
           ? null
           : log.mode === 'record'
-            ? { mode: 'record', ringSab: log.ring.sab }
+            ? { mode: 'record', fd: log.fd }
             : { mode: 'replay', ringSab: log.ring.sab, showOutput: log.showOutput },
     };
     const workerUrl = new URL('./vcpu.js', import.meta.url);
