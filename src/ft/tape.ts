@@ -89,6 +89,12 @@ export class RecordTape {
     this.w.zigzag(v);
   }
 
+  /** An unsigned value of up to 64 bits, as a varint. */
+  putBig(v: bigint): void {
+    this.itemsUsed = true;
+    this.w.varbig(v);
+  }
+
   putRaw(b: Uint8Array): void {
     this.itemsUsed = true;
     this.w.bytes(b);
@@ -306,6 +312,10 @@ export class ReplayTape {
 
   takeZ(): bigint {
     return this.item((r) => r.zigzag());
+  }
+
+  takeBig(): bigint {
+    return this.item((r) => r.varbig());
   }
 
   /** A view of the next n recorded bytes. */
