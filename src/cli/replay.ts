@@ -27,6 +27,8 @@ export const EXIT_DIVERGENCE = 3;
 export const EXIT_CORRUPT = 4;
 export const EXIT_REFUSED_INPUT = 5;
 const EXIT_FAILURE = 1;
+/** How often a long replay reports its progress on stderr. */
+const PROGRESS_INTERVAL_MS = 5000;
 
 interface ReplayCliOptions {
   log: string;
@@ -153,12 +155,20 @@ async function replayCommand(wasm: string, opts: ReplayCliOptions): Promise<numb
   // 4. Run, feeding the log as the vCPU consumes it.
   let stopped = false;
   await vm.start();
-  const fed = feedLogFile(opts.log, ring, () => stopped);
+  const progress = { bytesRead: 0 };
+  const fed = feedLogFile(opts.log, ring, () => stopped, progress);
+  // A long replay says how far it is (the feeder runs at most one ring, 8 MiB, ahead of the guest).
+  const ticker = setInterval(() => {
+    const pct = scanned.fileBytes > 0 ? Math.floor((100 * progress.bytesRead) / scanned.fileBytes) : 100;
+    process.stderr.write(`lockstep: replaying… ${pct}% of the log read\n`);
+  }, PROGRESS_INTERVAL_MS);
+  ticker.unref();
   const onSigint = (): void => vm.stop(StopReason.SIGINT);
   const onSigterm = (): void => vm.stop(StopReason.SIGTERM);
   process.on('SIGINT', onSigint);
   process.on('SIGTERM', onSigterm);
   const outcome = await vm.wait();
+  clearInterval(ticker);
   stopped = true;
   process.off('SIGINT', onSigint);
   process.off('SIGTERM', onSigterm);

@@ -99,6 +99,7 @@ export interface ScannedLog {
 async function readLog(
   path: string,
   onRecords: ((body: Uint8Array) => Promise<void>) | null,
+  progress: { bytesRead: number } = { bytesRead: 0 },
 ): Promise<ScannedLog> {
   let fh: FileHandle;
   try {
@@ -116,6 +117,7 @@ async function readLog(
       const { bytesRead } = await fh.read(buf, 0, buf.byteLength, null);
       if (bytesRead === 0) break;
       fileBytes += bytesRead;
+      progress.bytesRead = fileBytes;
       for (const f of scanner.push(buf.subarray(0, bytesRead))) {
         if (f.type === 'header') header = f.header;
         else if (f.type === 'trailer') trailer = f.trailer;
@@ -146,15 +148,24 @@ export function scanLogFile(path: string): Promise<ScannedLog> {
  * and the body), then closes the ring. Stops early, without error, once
  * `cancelled()` holds (the replayer stopped).
  */
-export async function feedLogFile(path: string, ring: ByteRing, cancelled: () => boolean): Promise<void> {
+export async function feedLogFile(
+  path: string,
+  ring: ByteRing,
+  cancelled: () => boolean,
+  progress: { bytesRead: number } = { bytesRead: 0 },
+): Promise<void> {
   const len = new Uint8Array(4);
   try {
-    await readLog(path, async (body) => {
-      if (cancelled()) return;
-      new DataView(len.buffer).setUint32(0, body.byteLength, true);
-      await writeOrCancel(ring, len, cancelled);
-      await writeOrCancel(ring, body, cancelled);
-    });
+    await readLog(
+      path,
+      async (body) => {
+        if (cancelled()) return;
+        new DataView(len.buffer).setUint32(0, body.byteLength, true);
+        await writeOrCancel(ring, len, cancelled);
+        await writeOrCancel(ring, body, cancelled);
+      },
+      progress,
+    );
   } finally {
     ring.close();
   }
