@@ -75,8 +75,11 @@ async function replayCommand(wasm: string, opts: ReplayCliOptions): Promise<numb
   try {
     scanned = await scanLogFile(opts.log);
   } catch (e) {
-    if (e instanceof LogError)
-      return fail(e.kind === 'corrupt' ? EXIT_CORRUPT : EXIT_REFUSED_INPUT, `${opts.log}: ${e.message}`);
+    if (e instanceof LogError) {
+      const code =
+        e.kind === 'corrupt' ? EXIT_CORRUPT : e.kind === 'refused' ? EXIT_REFUSED_INPUT : EXIT_FAILURE;
+      return fail(code, `${opts.log}: ${e.message}`);
+    }
     throw e;
   }
   const h = scanned.header;

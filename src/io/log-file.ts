@@ -105,7 +105,7 @@ async function readLog(
   try {
     fh = await open(path, 'r');
   } catch (e) {
-    throw new LogError('refused', `cannot open the log: ${(e as Error).message}`, 0);
+    throw new LogError('io', `cannot open the log: ${(e as Error).message}`, 0);
   }
   const scanner = new LogScanner();
   let header: LogHeader | null = null;
@@ -114,7 +114,12 @@ async function readLog(
   try {
     const buf = Buffer.allocUnsafe(READ_CHUNK_BYTES);
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.byteLength, null);
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await fh.read(buf, 0, buf.byteLength, null));
+      } catch (e) {
+        throw new LogError('io', `cannot read the log: ${(e as Error).message}`, fileBytes);
+      }
       if (bytesRead === 0) break;
       fileBytes += bytesRead;
       progress.bytesRead = fileBytes;

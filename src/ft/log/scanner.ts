@@ -32,10 +32,13 @@ export type ScanFrame =
   | { type: 'records'; firstSeq: number; count: number; records: Uint8Array; offset: number }
   | { type: 'trailer'; trailer: Trailer; offset: number };
 
-/** A log that cannot be used: `corrupt` (exit 4) or `refused` (exit 5, e.g. an unknown version). */
+/**
+ * A log that cannot be used: `corrupt` (replay exit 4), `refused` (exit 5, e.g.
+ * an unknown version) or `io` (exit 1: it could not be read at all).
+ */
 export class LogError extends Error {
   constructor(
-    readonly kind: 'corrupt' | 'refused',
+    readonly kind: 'corrupt' | 'refused' | 'io',
     message: string,
     readonly offset: number,
   ) {
