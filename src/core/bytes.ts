@@ -26,7 +26,7 @@ export class ByteWriter {
   reserve(n: number): void {
     const need = this.pos + n;
     if (need <= this.buf.byteLength) return;
-    let cap = this.buf.byteLength * 2;
+    let cap = Math.max(16, this.buf.byteLength * 2);
     while (cap < need) cap *= 2;
     const next = new Uint8Array(cap);
     next.set(this.buf.subarray(0, this.pos));

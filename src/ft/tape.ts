@@ -359,13 +359,25 @@ export class ReplayTape {
         );
       }
     }
-    this.left--;
-    this.seq++;
+    this.next(fn);
   }
 
   /** Counts a record that ends the guest (proc_exit) without a return value. */
   endNoReturn(): void {
+    this.next(this.fnName(this.b0 & FN_MASK));
+  }
+
+  /** Moves past the current record; a frame's last record must end exactly at the frame's end. */
+  private next(fn: string): void {
     this.left--;
+    if (this.left === 0 && this.r!.remaining !== 0) {
+      throw new Divergence(
+        this.seq,
+        { fn, argHash: this.argHash },
+        { fn, argHash: this.argHash },
+        `the frame holding call ${this.seq} has ${this.r!.remaining} bytes after its last record: the records do not decode as the calls replayed`,
+      );
+    }
     this.seq++;
   }
 }

@@ -189,6 +189,10 @@ export interface Trailer extends Summary {
 }
 
 export function encodeTrailer(t: Trailer): Uint8Array {
+  if (!STOP_CODES.includes(t.stop)) throw new Error(`unknown stop kind ${t.stop}`);
+  if (!/^[0-9a-f]{64}$/.test(t.memorySha256) || !/^[0-9a-f]{64}$/.test(t.outputSha256)) {
+    throw new Error('trailer hashes must be 64 lowercase hex digits');
+  }
   const w = new ByteWriter(128);
   w.varint(t.events);
   w.u8(STOP_CODES.indexOf(t.stop));

@@ -2,11 +2,13 @@
  * LogScanner: reads a log as a stream of bytes and yields its frames once their
  * CRC checks, classifying damage as DESIGN.md §5 asks.
  *
- * - A bad CRC, an impossible length or an unknown kind is *corruption* when
- *   any byte follows the damaged frame, and *truncation* (a torn last frame)
- *   when it is the end of the log. A tail that claims to run past the end is
- *   checked for a later well-formed frame inside it: if one exists, the
- *   length was damaged and the log is corrupt, not torn.
+ * - A bad CRC or an impossible length makes a frame *damaged*. It is
+ *   *corruption* when the log's own frames follow it (well-formed, numbered
+ *   on from where the log was, up to the end: checked where the damaged
+ *   frame claims to end and at every offset in the first MiB after its
+ *   start), and *truncation* (a torn last frame) otherwise. The verdict is
+ *   taken at the end, from the whole tail, so it does not depend on how the
+ *   bytes arrived. Anything after the trailer is corruption.
  * - Structure is checked too: one HEADER first, RECORDS numbered without
  *   gaps, nothing after the TRAILER.
  *
@@ -56,6 +58,8 @@ export interface ScanEnd {
 
 /** How far into a torn tail the scanner looks for a later frame (bounds the work on huge tails). */
 const RESYNC_SCAN_BYTES_MAX = 1 << 20;
+/** How much of a damaged tail is kept as evidence (frames after a resync point must fit). */
+const TAIL_KEEP_BYTES = 2 * FRAME_BODY_BYTES_MAX;
 
 export class LogScanner {
   private pending: Buffer = Buffer.alloc(0);
@@ -65,8 +69,14 @@ export class LogScanner {
   private header: LogHeader | null = null;
   private trailer: Trailer | null = null;
   private nextSeq = 0;
-  /** A damaged frame that is fatal only if anything follows it. */
-  private suspect: { offset: number; why: string } | null = null;
+  /**
+   * A damaged frame at pending[0], with the file offset where it claims to
+   * end when its length could be read. Everything after it is kept (up to
+   * TAIL_KEEP_BYTES) as evidence until end() decides: corrupt or torn.
+   */
+  private suspect: { offset: number; why: string; end: number | null } | null = null;
+  /** Bytes seen after the suspect frame's start, including those not kept. */
+  private tailBytes = 0;
 
   get events(): number {
     return this.nextSeq;
@@ -76,11 +86,8 @@ export class LogScanner {
   push(chunk: Uint8Array): ScanFrame[] {
     if (chunk.byteLength === 0) return [];
     if (this.suspect !== null) {
-      throw new LogError(
-        'corrupt',
-        `corrupt log: ${this.suspect.why} at byte ${this.suspect.offset}, and the log goes on after it`,
-        this.suspect.offset,
-      );
+      this.keepTail(chunk);
+      return [];
     }
     this.pending = this.pending.byteLength === 0 ? Buffer.from(chunk) : Buffer.concat([this.pending, chunk]);
     const out: ScanFrame[] = [];
@@ -91,6 +98,13 @@ export class LogScanner {
       this.preambleDone = true;
     }
     for (;;) {
+      if (this.trailer !== null && this.pending.byteLength > 0) {
+        throw new LogError(
+          'corrupt',
+          `corrupt log: data follows the trailer at byte ${this.offset}`,
+          this.offset,
+        );
+      }
       const f = this.nextFrame();
       if (f === null) break;
       out.push(f);
@@ -110,18 +124,22 @@ export class LogScanner {
       );
     }
     let note: string | null = null;
-    if (this.suspect !== null) {
-      note = `the last frame (at byte ${this.suspect.offset}) is torn: ${this.suspect.why}`;
-    } else if (this.pending.byteLength > 0) {
-      const later = findLaterFrame(this.pending);
+    if (this.suspect !== null || this.pending.byteLength > 0) {
+      // A tail that is not a whole frame: torn, unless well-formed frames carry on inside it,
+      // which means the length field of the frame at its start was damaged.
+      const claimed = this.suspect?.end ?? null;
+      const later = laterFrames(this.pending, this.nextSeq, claimed === null ? null : claimed - this.offset);
       if (later >= 0) {
         throw new LogError(
           'corrupt',
-          `corrupt log: the frame at byte ${this.offset} has a damaged length (a well-formed frame follows at byte ${this.offset + later})`,
+          `corrupt log: the frame at byte ${this.offset} is damaged${this.suspect ? ` (${this.suspect.why})` : ''}, and well-formed frames follow from byte ${this.offset + later}`,
           this.offset,
         );
       }
-      note = `the last frame (at byte ${this.offset}) is torn: ${this.pending.byteLength} bytes of it are present`;
+      note =
+        this.suspect !== null
+          ? `the last frame (at byte ${this.offset}) is torn: ${this.suspect.why}`
+          : `the last frame (at byte ${this.offset}) is torn: ${this.pending.byteLength} bytes of it are present`;
     }
     if (this.header === null) {
       throw new LogError(
@@ -150,6 +168,8 @@ export class LogScanner {
         8,
       );
     }
+    // The reserved field is 0 in version 1; anything else is damage (the preamble has no CRC).
+    if (p[10] !== 0 || p[11] !== 0) throw new LogError('corrupt', 'corrupt log: damaged preamble', 10);
   }
 
   private consume(n: number): void {
@@ -173,19 +193,19 @@ export class LogScanner {
       if ((b & 0x80) === 0) break;
       shift *= 128;
       if (i > 4) {
-        this.markSuspect(at, 'impossible frame length');
+        this.markSuspect(at, 'impossible frame length', null);
         return null;
       }
     }
     if (len > FRAME_BODY_BYTES_MAX) {
-      this.markSuspect(at, `frame length ${len} exceeds the limit`);
+      this.markSuspect(at, `frame length ${len} exceeds the limit`, null);
       return null;
     }
     const total = i + len + 4;
     if (buf.byteLength < total) return null;
     const want = buf.readUInt32LE(i + len);
     if (crc32(buf.subarray(0, i + len)) >>> 0 !== want) {
-      this.markSuspect(at, 'checksum mismatch');
+      this.markSuspect(at, 'checksum mismatch', at + total);
       return null;
     }
     const body = buf.subarray(i, i + len);
@@ -202,22 +222,22 @@ export class LogScanner {
     return frame;
   }
 
-  private markSuspect(offset: number, why: string): void {
-    this.suspect = { offset, why };
-    // Bytes after the damaged frame's start are only evidence now; keep none of them.
-    if (this.pending.byteLength > 0) {
-      const rest = this.pending;
-      this.pending = Buffer.alloc(0);
-      // If a later well-formed frame is already here, the damage is not a torn tail.
-      const later = findLaterFrame(rest);
-      if (later >= 0) {
-        throw new LogError(
-          'corrupt',
-          `corrupt log: ${why} at byte ${offset}, and the log goes on after it`,
-          offset,
-        );
-      }
-    }
+  /**
+   * Marks the frame at pending[0] damaged. The verdict must not depend on how
+   * the bytes were chunked, so it is taken at end(), from the whole tail: a
+   * damaged frame followed by the log's own well-formed frames is corruption;
+   * otherwise the damage is in the last frame, which is torn.
+   */
+  private markSuspect(offset: number, why: string, end: number | null): void {
+    this.suspect = { offset, why, end };
+    this.tailBytes = this.pending.byteLength;
+    if (this.pending.byteLength > TAIL_KEEP_BYTES) this.pending = this.pending.subarray(0, TAIL_KEEP_BYTES);
+  }
+
+  private keepTail(chunk: Uint8Array): void {
+    this.tailBytes += chunk.byteLength;
+    const room = TAIL_KEEP_BYTES - this.pending.byteLength;
+    if (room > 0) this.pending = Buffer.concat([this.pending, chunk.subarray(0, room)]);
   }
 
   private interpret(kind: number, body: Uint8Array, at: number): ScanFrame {
@@ -270,30 +290,86 @@ export class LogScanner {
 }
 
 /**
- * The offset of a well-formed frame (known kind, sane length, matching CRC)
- * starting after offset 0 of `tail`, or -1.
+ * The offset (after 0) in `tail` from which well-formed frames carry on to the
+ * end of `tail`, or -1. The first must continue the log's numbering (a RECORDS
+ * frame starting after `nextSeq`, or a TRAILER counting more events), and each
+ * next one must follow it directly, with consecutive numbers, up to the end or
+ * to a last frame cut short. Bytes a guest received can look like one frame,
+ * but hardly like the log's own continuation.
  */
-function findLaterFrame(tail: Uint8Array): number {
+function laterFrames(tail: Uint8Array, nextSeq: number, claimedEnd: number | null): number {
   const limit = Math.min(tail.byteLength, RESYNC_SCAN_BYTES_MAX);
-  for (let s = 1; s < limit; s++) {
+  // Where the damaged frame says it ends comes first: a frame of any size with a flipped body bit.
+  const starts = claimedEnd !== null && claimedEnd < tail.byteLength ? [claimedEnd] : [];
+  for (let s = 1; s < limit; s++) starts.push(s);
+  for (const s of starts) {
     const kind = tail[s]!;
     if (kind !== FrameKind.RECORDS && kind !== FrameKind.TRAILER) continue;
-    let len = 0;
-    let i = s + 1;
-    let shift = 1;
-    let ok = false;
-    while (i < tail.byteLength && i - s <= 4) {
-      const b = tail[i++]!;
-      len += (b & 0x7f) * shift;
-      if ((b & 0x80) === 0) {
-        ok = true;
-        break;
-      }
-      shift *= 128;
-    }
-    if (!ok || len > FRAME_BODY_BYTES_MAX || i + len + 4 > tail.byteLength) continue;
-    const want = Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength).readUInt32LE(i + len);
-    if (crc32(tail.subarray(s, i + len)) >>> 0 === want) return s;
+    const f = wellFormedAt(tail, s);
+    if (f === null || f === 'short') continue;
+    const seq = f.kind === FrameKind.RECORDS ? f.firstSeq : f.events;
+    if (!(seq > nextSeq)) continue;
+    if (chainsToEnd(tail, f)) return s;
   }
   return -1;
+}
+
+interface FrameAt {
+  kind: number;
+  end: number;
+  /** RECORDS: first sequence number and count. */
+  firstSeq: number;
+  count: number;
+  /** TRAILER: the event count. */
+  events: number;
+}
+
+/** The well-formed frame at `s`, 'short' if it runs past the end, or null. */
+function wellFormedAt(tail: Uint8Array, s: number): FrameAt | 'short' | null {
+  const kind = tail[s]!;
+  if (kind !== FrameKind.RECORDS && kind !== FrameKind.TRAILER && kind !== FrameKind.HEADER) return null;
+  let len = 0;
+  let i = s + 1;
+  let shift = 1;
+  for (;;) {
+    if (i >= tail.byteLength) return 'short';
+    const b = tail[i++]!;
+    len += (b & 0x7f) * shift;
+    if ((b & 0x80) === 0) break;
+    shift *= 128;
+    if (i - s > 4) return null;
+  }
+  if (len > FRAME_BODY_BYTES_MAX) return null;
+  if (i + len + 4 > tail.byteLength) return 'short';
+  const want = Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength).readUInt32LE(i + len);
+  if (crc32(tail.subarray(s, i + len)) >>> 0 !== want) return null;
+  try {
+    const r = new ByteReader(tail, i, i + len);
+    if (kind === FrameKind.RECORDS) {
+      const firstSeq = r.varint();
+      return { kind, end: i + len + 4, firstSeq, count: r.varint(), events: 0 };
+    }
+    if (kind === FrameKind.TRAILER)
+      return { kind, end: i + len + 4, firstSeq: 0, count: 0, events: r.varint() };
+    return null;
+  } catch {
+    return null;
+  }
+}
+
+function chainsToEnd(tail: Uint8Array, first: FrameAt): boolean {
+  let f = first;
+  let seq = f.kind === FrameKind.RECORDS ? f.firstSeq + f.count : -1;
+  for (let guard = 0; guard < tail.byteLength; guard++) {
+    if (f.end === tail.byteLength) return true;
+    if (f.kind === FrameKind.TRAILER) return false;
+    const next = wellFormedAt(tail, f.end);
+    if (next === 'short') return true;
+    if (next === null) return false;
+    if (next.kind === FrameKind.RECORDS && next.firstSeq !== seq) return false;
+    if (next.kind === FrameKind.TRAILER && next.events !== seq) return false;
+    seq = next.kind === FrameKind.RECORDS ? next.firstSeq + next.count : seq;
+    f = next;
+  }
+  return false;
 }
