@@ -20,6 +20,8 @@
  * - The ring is the bound: a producer that outruns its consumer waits.
  */
 
+import { copyFromRing, copyIntoRing } from '../core/ring-bytes.js';
+
 const S_HEAD = 0;
 const S_TAIL = 1;
 const S_CLOSED = 2;
@@ -76,11 +78,7 @@ export class ByteRing {
     const head = Atomics.load(this.i32, S_HEAD) >>> 0;
     const n = Math.min(src.byteLength, this.space());
     if (n === 0) return 0;
-    const cap = this.capBytes;
-    const at = head & (cap - 1);
-    const first = Math.min(n, cap - at);
-    this.data.set(src.subarray(0, first), at);
-    if (first < n) this.data.set(src.subarray(first, n), 0);
+    copyIntoRing(this.data, head, src.subarray(0, n));
     Atomics.store(this.i32, S_HEAD, (head + n) | 0);
     this.wakeConsumer();
     return n;
@@ -147,11 +145,7 @@ export class ByteRing {
     const tail = Atomics.load(this.i32, S_TAIL) >>> 0;
     const n = Math.min(dst.byteLength, this.buffered());
     if (n === 0) return 0;
-    const cap = this.capBytes;
-    const at = tail & (cap - 1);
-    const first = Math.min(n, cap - at);
-    dst.set(this.data.subarray(at, at + first), 0);
-    if (first < n) dst.set(this.data.subarray(0, n - first), first);
+    copyFromRing(this.data, tail, dst.subarray(0, n));
     Atomics.store(this.i32, S_TAIL, (tail + n) | 0);
     if (Atomics.compareExchange(this.i32, S_PRODUCER_WAITING, 1, 0) === 1) Atomics.notify(this.i32, S_TAIL);
     return n;

@@ -26,6 +26,8 @@
  * really waits. The control block is described by Ctl below.
  */
 
+import { copyFromRing, copyIntoRing } from '../core/ring-bytes.js';
+
 const H_RX_HEAD = 0;
 const H_RX_TAIL = 1;
 const H_RX_FLAGS = 2;
@@ -208,22 +210,6 @@ export class Channel {
   clearTxFlag(flag: number): void {
     Atomics.and(this.h, H_TX_FLAGS, ~flag);
   }
-}
-
-function copyIntoRing(ring: Uint8Array, pos: number, src: Uint8Array): void {
-  const cap = ring.byteLength;
-  const at = pos & (cap - 1);
-  const first = Math.min(src.byteLength, cap - at);
-  ring.set(src.subarray(0, first), at);
-  if (first < src.byteLength) ring.set(src.subarray(first), 0);
-}
-
-function copyFromRing(ring: Uint8Array, pos: number, dst: Uint8Array): void {
-  const cap = ring.byteLength;
-  const at = pos & (cap - 1);
-  const first = Math.min(dst.byteLength, cap - at);
-  dst.set(ring.subarray(at, at + first), 0);
-  if (first < dst.byteLength) dst.set(ring.subarray(0, dst.byteLength - first), first);
 }
 
 /**

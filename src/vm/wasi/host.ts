@@ -164,6 +164,14 @@ const CONTENT_ARGS: Partial<Record<WasiFunctionName, readonly ContentArg[]>> = {
   path_unlink_file: [['b', 1, 2]],
 };
 
+/** How a logged gate keeps its record of one call (see WasiHost.loggedGate). */
+interface CallLog {
+  begin(fnId: number, argHash: number, args: readonly (number | bigint)[]): void;
+  end(ret: number): void;
+  exited(): void;
+  interrupted(): void;
+}
+
 /** A stream descriptor in replay: it keeps its flags but no I/O side ever services it. */
 function phantomChannel(): Channel {
   return Channel.create(16, 16);
@@ -243,9 +251,9 @@ export class WasiHost {
       const bound = impl.bind(this);
       const gated =
         this.rec !== null
-          ? this.recordGate(name, fnId, bound, this.rec)
+          ? this.loggedGate(name, fnId, bound, this.recordLog(this.rec))
           : this.rep !== null
-            ? this.replayGate(name, fnId, bound, this.rep)
+            ? this.loggedGate(name, fnId, bound, this.replayLog(this.rep))
             : this.gate(name, bound);
       out[name] = this.traced(name, gated);
     });
@@ -333,11 +341,17 @@ export class WasiHost {
     return hashFinish16(h);
   }
 
-  private recordGate(
+  /**
+   * The gate when a log is kept: the live gate's duties, plus one record per
+   * call. `log` says how a call begins (record its head, or check it against
+   * the log), how it ends, and how one that exits the guest or is interrupted
+   * is accounted for.
+   */
+  private loggedGate(
     name: WasiFunctionName,
     fnId: number,
     impl: (...a: unknown[]) => number,
-    rec: RecordTape,
+    log: CallLog,
   ): (...a: never[]) => number {
     const ctl = this.caps.ctl;
     return (...args: unknown[]): number => {
@@ -345,7 +359,7 @@ export class WasiHost {
       if (stop !== 0) throw new StopRequested(stop);
       const mem = this.memory;
       mem.refresh();
-      rec.begin(fnId, this.argHash(name, fnId, args));
+      log.begin(fnId, this.argHash(name, fnId, args), args as (number | bigint)[]);
       mem.resetJournal();
       let ret: number;
       try {
@@ -354,48 +368,35 @@ export class WasiHost {
         if (e instanceof GuestFault) ret = Errno.FAULT;
         else if (e instanceof GuestInval) ret = Errno.INVAL;
         else if (e instanceof ProcExit) {
-          rec.end(undefined, null);
+          log.exited();
           throw e;
         } else {
           // Interrupted before it took effect (a stop while blocked): the call is not in the log.
-          rec.abort();
-          if (e instanceof StopRequested) throw e;
+          log.interrupted();
+          if (e instanceof StopRequested || e instanceof ReplayStop) throw e;
           throw e instanceof Error ? new HostCallError(name, e) : e;
         }
       }
-      rec.end(ret, rec.itemsUsed ? null : this.effectHash());
+      log.end(ret);
       return ret;
     };
   }
 
-  private replayGate(
-    name: WasiFunctionName,
-    fnId: number,
-    impl: (...a: unknown[]) => number,
-    rep: ReplayTape,
-  ): (...a: never[]) => number {
-    const ctl = this.caps.ctl;
-    return (...args: unknown[]): number => {
-      const stop = ctl.stopRequested();
-      if (stop !== 0) throw new StopRequested(stop);
-      const mem = this.memory;
-      mem.refresh();
-      rep.begin(fnId, this.argHash(name, fnId, args), args as (number | bigint)[]);
-      mem.resetJournal();
-      let ret: number;
-      try {
-        ret = impl(...args);
-      } catch (e) {
-        if (e instanceof GuestFault) ret = Errno.FAULT;
-        else if (e instanceof GuestInval) ret = Errno.INVAL;
-        else if (e instanceof ProcExit) {
-          rep.endNoReturn();
-          throw e;
-        } else if (e instanceof ReplayStop || e instanceof StopRequested) throw e;
-        else throw e instanceof Error ? new HostCallError(name, e) : e;
-      }
-      rep.end(ret, () => this.effectHash(), HOST_DISK_ERRNOS);
-      return ret;
+  private recordLog(rec: RecordTape): CallLog {
+    return {
+      begin: (fnId, argHash) => rec.begin(fnId, argHash),
+      end: (ret) => rec.end(ret, rec.itemsUsed ? null : this.effectHash()),
+      exited: () => rec.end(undefined, null),
+      interrupted: () => rec.abort(),
+    };
+  }
+
+  private replayLog(rep: ReplayTape): CallLog {
+    return {
+      begin: (fnId, argHash, args) => rep.begin(fnId, argHash, args),
+      end: (ret) => rep.end(ret, () => this.effectHash(), HOST_DISK_ERRNOS),
+      exited: () => rep.endNoReturn(),
+      interrupted: () => {},
     };
   }
 
