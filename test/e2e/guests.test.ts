@@ -17,6 +17,7 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { BIN, CACHE_DIR, repoPath, runLockstep, startLockstep, tempDir, type RunResult } from './harness.js';
+import { connect, readExactly } from './clients.js';
 import { WASI_COVERAGE } from '../../src/vm/wasi/coverage.js';
 import { WASI_FUNCTIONS } from '../../src/wasi/abi.js';
 
@@ -155,40 +156,6 @@ test('stdio: byte-exact stdout and stderr, stdin to EOF', { timeout: 30_000 }, a
   assert.equal(Buffer.byteLength(r.stdout) > 131_072, true);
   assert.equal(r.stderr, 'hello stderr\npartial-err\ndone\n');
 });
-
-/** Connects to a running guest, retrying briefly while it starts accepting. */
-function connect(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-}
-
-/** Reads exactly n bytes (or rejects on EOF first). */
-function readExactly(s: net.Socket, n: number, buffered: { buf: Buffer }): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const check = (): boolean => {
-      if (buffered.buf.length >= n) {
-        const out = buffered.buf.subarray(0, n);
-        buffered.buf = buffered.buf.subarray(n);
-        s.off('data', onData);
-        s.off('end', onEnd);
-        resolve(out);
-        return true;
-      }
-      return false;
-    };
-    const onData = (d: Buffer): void => {
-      buffered.buf = Buffer.concat([buffered.buf, d]);
-      check();
-    };
-    const onEnd = (): void => reject(new Error(`EOF after ${buffered.buf.length} of ${n} bytes`));
-    if (check()) return;
-    s.on('data', onData);
-    s.once('end', onEnd);
-  });
-}
 
 test('poll_oneoff: timeouts, listener and connection readiness, hangup', { timeout: 30_000 }, async () => {
   const vm = await startLockstep(['run', guest('poll'), ...traceArg(), '--listen', '127.0.0.1:0']);

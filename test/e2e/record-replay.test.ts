@@ -39,6 +39,7 @@ import {
   type RunResult,
   type Running,
 } from './harness.js';
+import { connect, readExactly } from './clients.js';
 import { createNetns, NETNS_SETUP, type Netns } from './netns.js';
 import { folderManifestSha256 } from '../../src/io/manifest.js';
 import { RECORD_REPLAY_COMPLETENESS, type RoundTripGuest } from '../../src/ft/completeness.js';
@@ -367,39 +368,6 @@ async function serveRoundTrip(
 }
 
 // ---------------------------------------------------------------- clients
-
-function connect(port: number, allowHalfOpen = false): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen });
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-}
-
-/** Reads exactly n bytes (or rejects on EOF first). */
-function readExactly(s: net.Socket, n: number, buffered: { buf: Buffer }): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const check = (): boolean => {
-      if (buffered.buf.length >= n) {
-        const out = buffered.buf.subarray(0, n);
-        buffered.buf = buffered.buf.subarray(n);
-        s.off('data', onData);
-        s.off('end', onEnd);
-        resolve(out);
-        return true;
-      }
-      return false;
-    };
-    const onData = (d: Buffer): void => {
-      buffered.buf = Buffer.concat([buffered.buf, d]);
-      check();
-    };
-    const onEnd = (): void => reject(new Error(`EOF after ${buffered.buf.length} of ${n} bytes`));
-    if (check()) return;
-    s.on('data', onData);
-    s.once('end', onEnd);
-  });
-}
 
 /** A line-protocol client: send a line, await the reply line. */
 class LineClient {
