@@ -20,21 +20,63 @@ export function hashWord(h: number, w: number): number {
   return Math.imul(h ^ (w | 0), FNV_PRIME);
 }
 
+/** Inputs at least this long are mixed in four independent lanes (see hashBytes). */
+const LANES_MIN_BYTES = 64;
+/** From this length an aligned input is read through an Int32Array view (creating one costs ~100 ns). */
+const VIEW_MIN_BYTES = 512;
+
+/** A little-endian 32-bit word of `b` at `i`. */
+function wordAt(b: Uint8Array, i: number): number {
+  return b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24);
+}
+
 /**
- * Mixes bytes in four at a time (one multiply per word): arguments such as a
- * poll's subscription array are hashed at every call, so this is on the
- * recorder's hot path.
+ * Mixes bytes in: inputs of 64 bytes or more go through four lanes that
+ * each take every fourth little-endian 32-bit word of each 16-byte block
+ * (the multiplies then run in parallel), folded into h in lane order; then
+ * the remaining whole words, then the remaining bytes, then the length.
+ * Arguments such as a poll's subscription array and every socket payload
+ * are hashed at every call, so this is on the recorder's hot path.
  */
 export function hashBytes(h: number, b: Uint8Array): number {
   const n = b.byteLength;
-  const words = n - (n % 4);
   let i = 0;
-  for (; i < words; i += 4) {
-    h = Math.imul(h ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24)), FNV_PRIME);
+  if (n >= LANES_MIN_BYTES) {
+    let l0 = h;
+    let l1 = h ^ 0x9e3779b9;
+    let l2 = h ^ 0x85ebca6b;
+    let l3 = h ^ 0xc2b2ae35;
+    const blocksEnd = n - (n % 16);
+    if (n >= VIEW_MIN_BYTES && (b.byteOffset & 3) === 0 && LITTLE_ENDIAN) {
+      // Aligned and long enough to pay for a view: read whole words straight from memory.
+      const w = new Int32Array(b.buffer, b.byteOffset, blocksEnd >>> 2);
+      for (let k = 0; k < w.length; k += 4) {
+        l0 = Math.imul(l0 ^ w[k]!, FNV_PRIME);
+        l1 = Math.imul(l1 ^ w[k + 1]!, FNV_PRIME);
+        l2 = Math.imul(l2 ^ w[k + 2]!, FNV_PRIME);
+        l3 = Math.imul(l3 ^ w[k + 3]!, FNV_PRIME);
+      }
+    } else {
+      for (let k = 0; k < blocksEnd; k += 16) {
+        l0 = Math.imul(l0 ^ wordAt(b, k), FNV_PRIME);
+        l1 = Math.imul(l1 ^ wordAt(b, k + 4), FNV_PRIME);
+        l2 = Math.imul(l2 ^ wordAt(b, k + 8), FNV_PRIME);
+        l3 = Math.imul(l3 ^ wordAt(b, k + 12), FNV_PRIME);
+      }
+    }
+    h = Math.imul(h ^ l0, FNV_PRIME);
+    h = Math.imul(h ^ l1, FNV_PRIME);
+    h = Math.imul(h ^ l2, FNV_PRIME);
+    h = Math.imul(h ^ l3, FNV_PRIME);
+    i = blocksEnd;
   }
+  for (; i + 4 <= n; i += 4) h = Math.imul(h ^ wordAt(b, i), FNV_PRIME);
   for (; i < n; i++) h = Math.imul(h ^ b[i]!, FNV_PRIME);
   return Math.imul(h ^ n, FNV_PRIME);
 }
+
+/** Int32Array reads host-endian words; the lanes' fast path is only taken where that is little-endian. */
+const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
 /** Folds a bigint argument in as two words. */
 export function hashBig(h: number, v: bigint): number {
