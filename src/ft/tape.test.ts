@@ -396,7 +396,7 @@ test('finish drops a record in progress, then writes the last records and the tr
 
 test('a tape that starts at a later sequence number numbers its frames from there', () => {
   const sink = new MemorySink();
-  const rec = new RecordTape(sink, 1000);
+  const rec = new RecordTape(sink, { startSeq: 1000 });
   rec.begin(WRITE, 7);
   rec.end(0, null);
   assert.equal(rec.events, 1001);
@@ -468,4 +468,33 @@ test(`random record/replay round trip across automatic flushes (seed ${SEED})`, 
     rep.end(c.ret, () => c.effect, NO_HOST_ERRNOS);
   }
   assert.throws(() => rep.begin(0, 0, []), EndOfLog);
+});
+
+test('with a flush delay, complete records wait for it before a sleep; without one they leave at once', () => {
+  let nowMs = 100;
+  const sink = new MemorySink();
+  const rec = new RecordTape(sink, { flushDelayMs: 5, nowMs: () => nowMs });
+  assert.equal(rec.beforeSleep(), Infinity, 'nothing waits');
+  rec.begin(WRITE, 1);
+  rec.end(0, null);
+  nowMs = 102;
+  rec.begin(WRITE, 2);
+  rec.end(0, null);
+  // The oldest record is 2 ms old: sleep at most 3 ms more, then flush.
+  assert.equal(rec.beforeSleep(), 3);
+  assert.equal(sink.frames.length, 0);
+  nowMs = 105;
+  assert.equal(rec.beforeSleep(), Infinity);
+  assert.equal(sink.frames.length, 1, 'both records left in one frame');
+  // The delay counts from the oldest record of the next frame.
+  rec.begin(WRITE, 3);
+  rec.end(0, null);
+  assert.equal(rec.beforeSleep(), 5);
+
+  const eager = new MemorySink();
+  const now = new RecordTape(eager);
+  now.begin(WRITE, 1);
+  now.end(0, null);
+  assert.equal(now.beforeSleep(), Infinity);
+  assert.equal(eager.frames.length, 1, 'flushed at the first sleep');
 });

@@ -22,8 +22,10 @@
  * - A record is written only when its call completes (or exits the guest);
  *   a call interrupted by a stop leaves no trace, so the log's cut is the
  *   entry of the first call not in it.
- * - Only complete records leave the tape; a frame is flushed before the
- *   vCPU sleeps, so a backup is never behind by more than the current call.
+ * - Only complete records leave the tape. A frame is flushed when it reaches
+ *   FRAME_BODY_BYTES_TARGET, and before the vCPU sleeps once its oldest
+ *   record is `flushDelayMs` old (0: at every sleep, as a backup needs; a
+ *   file recording coalesces a few milliseconds of calls into one write).
  */
 import { ByteReader, ByteWriter, DecodeError } from '../core/bytes.js';
 import {
@@ -58,11 +60,38 @@ export class RecordTape {
   /** Whether the current call consumed nondeterministic inputs (it is fed, not performed). */
   itemsUsed = false;
 
+  /** When the oldest complete record not yet flushed was completed (nowMs() time), or null. */
+  private oldestMs: number | null = null;
+
   constructor(
     private readonly sink: FrameSink,
-    startSeq = 0,
+    opts: { startSeq?: number; flushDelayMs?: number; nowMs?: () => number } = {},
   ) {
-    this.firstSeq = startSeq;
+    this.firstSeq = opts.startSeq ?? 0;
+    this.flushDelayMs = opts.flushDelayMs ?? 0;
+    this.nowMs = opts.nowMs ?? (() => 0);
+  }
+
+  private readonly flushDelayMs: number;
+  private readonly nowMs: () => number;
+
+  /**
+   * Before the vCPU sleeps: flushes if complete records have waited long
+   * enough, and returns how long the sleep may last before they must be
+   * flushed (Infinity when nothing waits).
+   */
+  beforeSleep(): number {
+    if (this.count === 0) return Infinity;
+    if (this.flushDelayMs <= 0) {
+      this.flush();
+      return Infinity;
+    }
+    const waitedMs = this.nowMs() - (this.oldestMs ?? 0);
+    if (waitedMs >= this.flushDelayMs) {
+      this.flush();
+      return Infinity;
+    }
+    return this.flushDelayMs - waitedMs;
   }
 
   /** Host calls recorded so far, including those not yet flushed. */
@@ -125,6 +154,7 @@ export class RecordTape {
       this.w.u16(effectHash);
     }
     this.w.patchU8(this.recStart, b0);
+    if (this.count === 0 && this.flushDelayMs > 0) this.oldestMs = this.nowMs();
     this.count++;
     this.inRecord = false;
     if (this.w.pos >= FRAME_BODY_BYTES_TARGET) this.flush();

@@ -18,6 +18,7 @@
  */
 import { parentPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { writeFileSync, writeSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { createHash } from 'node:crypto';
 import { ByteReader } from '../core/bytes.js';
 import { ByteRing } from '../ft/ring.js';
@@ -36,6 +37,14 @@ import type { StopKind, Summary } from '../ft/log/format.js';
 import type { LogMode } from './wasi/host.js';
 import { WASI_FUNCTIONS } from '../wasi/abi.js';
 import { writevAllSync } from '../io/log-file.js';
+
+/**
+ * How long completed calls may wait in the recorder's frame before a sleeping
+ * vCPU writes them to a log file. Under load frames fill up instead; an idle
+ * guest's last calls reach the file this long after it goes to sleep, which
+ * bounds what a recorder killed with SIGKILL can lose.
+ */
+const LOG_FILE_FLUSH_DELAY_MS = 5;
 
 /** The event log could not be written: recording cannot go on. */
 class LogWriteError extends Error {
@@ -186,15 +195,19 @@ function run(init: VcpuInit): VcpuResult {
   if (init.log !== null) {
     if (init.log.mode === 'record') {
       const logFd = init.log.fd;
-      const tape = new RecordTape({
-        write: (pieces) => {
-          try {
-            writevAllSync(logFd, pieces);
-          } catch (e) {
-            throw new LogWriteError((e as Error).message);
-          }
+      const tape = new RecordTape(
+        {
+          write: (pieces) => {
+            try {
+              writevAllSync(logFd, pieces);
+            } catch (e) {
+              throw new LogWriteError((e as Error).message);
+            }
+          },
         },
-      });
+        // A file has no reader waiting on each call: a few milliseconds of calls go in one write.
+        { flushDelayMs: LOG_FILE_FLUSH_DELAY_MS, nowMs: () => performance.now() },
+      );
       const ledger = new OutputLedger();
       log = { mode: { mode: 'record', tape, outputs: ledger }, ledger, events: () => tape.events };
     } else {
