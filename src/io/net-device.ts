@@ -14,12 +14,22 @@
  *   guest sees a full buffer).
  * - EOF is signalled to the vCPU only after every received byte is in the ring.
  * - This is the only module that touches the VM's sockets.
+ *
+ * I/O chaos (`--io-chaos SEED`, testing only): with a seed, a ChaosPolicy
+ * (chaos.ts) makes the network hostile. Received chunks wait on timers and
+ * reach the ring in pieces, tx drains are put off, rings are small, and some
+ * connections are reset. The chaos path keeps the invariants above: held
+ * received bytes stay in `rxLeftover` (so EOF still waits for them, and the
+ * socket stays paused while they are held), order is kept, and nothing is
+ * lost except on a connection the chaos resets. Without a seed, `chaos` is
+ * null and every path is the plain one.
  */
 import net from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import { Channel, CtlSlot, type Ctl, RxFlag, TxFlag } from '../vm/channel.js';
 import type { IoToVcpuMessage, VcpuToIoMessage } from '../vm/wasi/host.js';
+import { ChaosPolicy, type ConnChaos, type RxPiece } from './chaos.js';
 
 export interface ListenSpec {
   host: string;
@@ -43,6 +53,26 @@ interface Conn {
   ended: boolean;
   socketClosed: boolean;
   vcpuClosed: boolean;
+  /** I/O chaos state; null when chaos is off. */
+  chaos: ChaosState | null;
+}
+
+/** The chaos state of one connection (see ChaosPolicy). */
+interface ChaosState {
+  policy: ConnChaos;
+  /** How the bytes in rxLeftover may enter the ring, beyond the released ones, in order. */
+  pieces: RxPiece[];
+  /** Bytes at the front of rxLeftover that may enter the ring now. */
+  releasedBytes: number;
+  /** Running while the next piece waits out its delay. */
+  rxTimer: NodeJS.Timeout | null;
+  /** Running while a tx stall lasts. */
+  txTimer: NodeJS.Timeout | null;
+  /** The stall just ended: the next drain happens without drawing another one. */
+  txPass: boolean;
+  resetTimer: NodeJS.Timeout | null;
+  /** Running while the offer of this new connection to the guest is held back. */
+  offerTimer: NodeJS.Timeout | null;
 }
 
 /** Parses "ADDR:PORT" (IPv6 in brackets); returns an error message on bad input. */
@@ -61,6 +91,8 @@ export class NetDevice {
   private nextConnId = 1;
   private running = false;
   private stdinStarted = false;
+  /** The I/O chaos policy, decided once from the seed; null (the normal case) for a faithful network. */
+  private readonly chaos: ChaosPolicy | null;
 
   constructor(
     private readonly ctl: Ctl,
@@ -68,8 +100,12 @@ export class NetDevice {
     private readonly specs: readonly ListenSpec[],
     private readonly stdin: { ch: Channel; source: Readable | null },
     /** Seed for I/O chaos (testing only): random delays, short reads and writes, resets. Null: none. */
-    private readonly chaosSeed: number | null = null,
-  ) {}
+    chaosSeed: number | null = null,
+  ) {
+    this.chaos = chaosSeed === null ? null : new ChaosPolicy(chaosSeed);
+    // Every chaotic run names its seed, so that a failure it provokes can be looked for again.
+    if (chaosSeed !== null) process.stderr.write(`lockstep: io chaos on (seed ${chaosSeed})\n`);
+  }
 
   /** Binds every listener; resolves with the addresses actually bound (port 0 gets a real port). */
   async listen(): Promise<ListenSpec[]> {
@@ -123,6 +159,7 @@ export class NetDevice {
         const c = this.conns.get(msg.connId);
         if (c) {
           c.vcpuClosed = true;
+          if (c.chaos !== null) clearChaosTimers(c.chaos);
           c.socket.destroy();
           this.conns.delete(c.id);
         }
@@ -146,18 +183,40 @@ export class NetDevice {
       return;
     }
     socket.setNoDelay(true);
+    const id = this.nextConnId++;
+    const chaos: ChaosState | null =
+      this.chaos === null
+        ? null
+        : {
+            policy: this.chaos.forConnection(id),
+            pieces: [],
+            releasedBytes: 0,
+            rxTimer: null,
+            txTimer: null,
+            txPass: false,
+            resetTimer: null,
+            offerTimer: null,
+          };
     const c: Conn = {
-      id: this.nextConnId++,
+      id,
       socket,
-      ch: Channel.create(),
+      ch:
+        chaos === null ? Channel.create() : Channel.create(chaos.policy.rxCapBytes, chaos.policy.txCapBytes),
       rxLeftover: null,
       eofPending: false,
       writeBlocked: false,
       ended: false,
       socketClosed: false,
       vcpuClosed: false,
+      chaos,
     };
     this.conns.set(c.id, c);
+    if (chaos !== null && chaos.policy.resetAfterMs !== null) {
+      chaos.resetTimer = setTimeout(() => {
+        chaos.resetTimer = null;
+        this.chaosReset(c);
+      }, chaos.policy.resetAfterMs);
+    }
     socket.on('data', (chunk: Buffer) => this.onData(c, chunk));
     socket.on('end', () => {
       if (c.rxLeftover !== null) c.eofPending = true;
@@ -176,6 +235,9 @@ export class NetDevice {
     });
     socket.on('close', () => {
       c.socketClosed = true;
+      // Held received bytes still go to the ring (as in the plain path); only the tx stall and
+      // the planned reset are moot now.
+      if (c.chaos !== null) clearChaosTxAndReset(c.chaos);
       // EOF only after every received byte is in the ring.
       if (c.rxLeftover !== null) c.eofPending = true;
       else c.ch.setRxFlag(RxFlag.EOF);
@@ -183,12 +245,25 @@ export class NetDevice {
       this.ctl.wakeVcpu();
       if (c.vcpuClosed) this.conns.delete(c.id);
     });
-    this.offer({ type: 'conn', listener, connId: c.id, sab: c.ch.sab });
+    const offer: IoToVcpuMessage = { type: 'conn', listener, connId: c.id, sab: c.ch.sab };
+    const holdMs = chaos === null ? 0 : chaos.policy.acceptDelayMs();
+    if (chaos === null || holdMs === 0) this.offer(offer);
+    else {
+      // Bytes and EOF still go to the ring meanwhile; the guest just learns of the connection later.
+      chaos.offerTimer = setTimeout(() => {
+        chaos.offerTimer = null;
+        if (this.running) this.offer(offer);
+      }, holdMs);
+    }
   }
 
   private onData(c: Conn, chunk: Buffer): void {
     if ((c.ch.txFlags() & TxFlag.SHUT_RD) !== 0) return; // the guest shut its read side: discard
     if ((c.ch.txFlags() & TxFlag.CLOSE) !== 0) return; // closed by the guest: nobody will read it
+    if (c.chaos !== null) {
+      this.chaosOnData(c, c.chaos, chunk);
+      return;
+    }
     if (c.rxLeftover !== null) {
       // Older bytes wait outside the ring: keep the order.
       c.rxLeftover = Buffer.concat([c.rxLeftover, chunk]);
@@ -218,7 +293,9 @@ export class NetDevice {
   private serviceConn(c: Conn): void {
     const ch = c.ch;
     let woke = false;
-    if (c.rxLeftover !== null) {
+    if (c.chaos !== null) {
+      if (c.rxLeftover !== null) woke = this.chaosPumpRx(c, c.chaos);
+    } else if (c.rxLeftover !== null) {
       const n = ch.rxPush(c.rxLeftover);
       if (n > 0) woke = true;
       c.rxLeftover = n < c.rxLeftover.byteLength ? c.rxLeftover.subarray(n) : null;
@@ -229,8 +306,11 @@ export class NetDevice {
       }
     }
     if (!c.writeBlocked && !c.socketClosed) {
-      const data = ch.txTake();
-      if (data !== null && !c.socket.write(data)) c.writeBlocked = true;
+      if (c.chaos !== null) this.chaosDrainTx(c, c.chaos);
+      else {
+        const data = ch.txTake();
+        if (data !== null && !c.socket.write(data)) c.writeBlocked = true;
+      }
     }
     // Read the flags after draining: the vCPU raises WANT_SPACE before it checks for space,
     // and we free space before we look for WANT_SPACE, so one of us always sees the other.
@@ -239,18 +319,25 @@ export class NetDevice {
       ch.clearTxFlag(TxFlag.WANT_SPACE);
       woke = true;
     }
-    if ((txf & (TxFlag.SHUT_WR | TxFlag.CLOSE)) !== 0 && ch.txBuffered() === 0 && !c.ended) {
+    // Closing with unread input resets the connection, as Linux does, without a FIN first:
+    // libuv cannot reset a socket whose shutdown is still pending (see resetSocket).
+    const resetOnClose =
+      (txf & TxFlag.CLOSE) !== 0 &&
+      !c.vcpuClosed &&
+      !c.socketClosed &&
+      (ch.rxAvailable() > 0 || c.rxLeftover !== null);
+    if ((txf & (TxFlag.SHUT_WR | TxFlag.CLOSE)) !== 0 && ch.txBuffered() === 0 && !c.ended && !resetOnClose) {
       c.ended = true;
       c.socket.end();
     }
     if ((txf & TxFlag.CLOSE) !== 0 && !c.vcpuClosed) {
       c.vcpuClosed = true;
       if (c.socketClosed) this.conns.delete(c.id);
-      else if (ch.rxAvailable() > 0 || c.rxLeftover !== null) {
-        // Closing with unread input resets the connection, as Linux does; it also frees the
-        // entry at once instead of leaving a paused socket nobody will read.
+      else if (resetOnClose) {
+        // The reset also frees the entry at once instead of leaving a paused socket nobody will read.
         c.rxLeftover = null;
-        c.socket.resetAndDestroy();
+        if (c.chaos !== null) dropHeldRx(c.chaos);
+        resetSocket(c.socket);
       } else {
         c.socket.resume(); // later input is discarded by onData
         // Once our FIN is out, a peer that never closes gets CLOSE_FLUSH_MS, not forever.
@@ -258,6 +345,109 @@ export class NetDevice {
       }
     }
     if (woke) this.ctl.wakeVcpu();
+  }
+
+  // ---- I/O chaos (only with a seed) ----
+
+  /** Chaos: holds a received chunk and cuts it into the pieces the policy chose, then pumps. */
+  private chaosOnData(c: Conn, cc: ChaosState, chunk: Buffer): void {
+    c.rxLeftover = c.rxLeftover === null ? chunk : Buffer.concat([c.rxLeftover, chunk]);
+    for (const p of cc.policy.rxPieces(chunk.byteLength)) cc.pieces.push(p);
+    // While bytes are held the socket stays paused, so at most about one chunk waits here;
+    // the pump resumes it once everything held is in the ring.
+    c.socket.pause();
+    if (this.chaosPumpRx(c, cc)) this.ctl.wakeVcpu();
+  }
+
+  /**
+   * Chaos: moves held bytes into the rx ring, piece by piece, each piece after its
+   * delay. Returns whether bytes went in. Invariant: the released bytes plus the
+   * pieces' lengths equal the length of rxLeftover.
+   */
+  private chaosPumpRx(c: Conn, cc: ChaosState): boolean {
+    const ch = c.ch;
+    let woke = false;
+    while (c.rxLeftover !== null) {
+      if (cc.releasedBytes === 0) {
+        if (cc.rxTimer !== null) break;
+        const next = cc.pieces[0]!;
+        if (next.delayMs > 0) {
+          const ms = next.delayMs;
+          next.delayMs = 0;
+          cc.rxTimer = setTimeout(() => {
+            cc.rxTimer = null;
+            if (this.running && this.conns.get(c.id) === c) this.serviceConn(c);
+          }, ms);
+          break;
+        }
+        cc.pieces.shift();
+        cc.releasedBytes = next.bytes;
+      }
+      const want = cc.releasedBytes;
+      let n = ch.rxPush(c.rxLeftover.subarray(0, want));
+      if (n < want) {
+        // As in onData: PAUSED goes up before the second try, so no consumption is missed.
+        ch.setRxFlag(RxFlag.PAUSED);
+        n += ch.rxPush(c.rxLeftover.subarray(n, want));
+      }
+      if (n > 0) woke = true;
+      cc.releasedBytes -= n;
+      c.rxLeftover = n < c.rxLeftover.byteLength ? c.rxLeftover.subarray(n) : null;
+      if (cc.releasedBytes > 0) break; // the ring is full: the vCPU pokes us after reading (PAUSED)
+    }
+    if (c.rxLeftover === null) {
+      ch.clearRxFlag(RxFlag.PAUSED);
+      if (c.eofPending) ch.setRxFlag(RxFlag.EOF);
+      else c.socket.resume();
+    }
+    return woke;
+  }
+
+  /** Chaos: drains the tx ring now, or after a stall, and puts the bytes on the wire in pieces. */
+  private chaosDrainTx(c: Conn, cc: ChaosState): void {
+    if (cc.txTimer !== null || c.ch.txBuffered() === 0) return;
+    if (!cc.txPass) {
+      const ms = cc.policy.txStallMs(performance.now());
+      if (ms > 0) {
+        // The guest keeps writing into a ring nobody empties: short sends, then EAGAIN.
+        cc.txTimer = setTimeout(() => {
+          cc.txTimer = null;
+          cc.txPass = true;
+          if (this.running && this.conns.get(c.id) === c) this.serviceConn(c);
+        }, ms);
+        return;
+      }
+    }
+    cc.txPass = false;
+    const data = c.ch.txTake()!;
+    let at = 0;
+    let ok = true;
+    for (const cut of [...cc.policy.wireCuts(data.byteLength), data.byteLength]) {
+      ok = c.socket.write(data.subarray(at, cut)) && ok;
+      at = cut;
+    }
+    if (!ok) c.writeBlocked = true;
+  }
+
+  /** Chaos: resets the connection as a peer's RST would, unless it is already gone. */
+  private chaosReset(c: Conn): void {
+    const cc = c.chaos!;
+    if (!this.running || this.conns.get(c.id) !== c || c.socketClosed || c.vcpuClosed) return;
+    // A peer cannot be sent an RST while our FIN is still on its way (see resetSocket): no reset then.
+    if (c.socket.writableEnded && !c.socket.writableFinished) return;
+    cc.policy.noteReset();
+    // Not the offer timer: the guest must still learn of the connection, and then find it reset.
+    clearChaosTxAndReset(cc);
+    // Bytes still on their way are lost with the connection, as with a real reset.
+    c.rxLeftover = null;
+    c.eofPending = false;
+    dropHeldRx(cc);
+    c.ch.clearRxFlag(RxFlag.PAUSED);
+    // What the 'error' handler does for a real reset: reads fail with CONNRESET, writes with PIPE.
+    c.ch.setRxFlag(RxFlag.RESET);
+    c.ch.setTxFlag(TxFlag.BROKEN);
+    resetSocket(c.socket); // the client sees ECONNRESET too
+    this.ctl.wakeVcpu();
   }
 
   private startStdin(): void {
@@ -313,6 +503,10 @@ export class NetDevice {
     this.service();
     this.running = false;
     this.ctl.pokeIo();
+    if (this.chaos !== null) {
+      for (const c of this.conns.values()) if (c.chaos !== null) clearChaosTimers(c.chaos);
+      process.stderr.write(`lockstep: ${this.chaos.describeStats()}\n`);
+    }
     const flushed: Promise<void>[] = [];
     for (const c of this.conns.values()) {
       // Take what the guest sent even if Node's buffer is full: end() queues it behind the rest.
@@ -345,4 +539,38 @@ export class NetDevice {
     this.conns.clear();
     if (this.stdinStarted) this.stdin.source?.pause();
   }
+}
+
+/**
+ * Destroys a socket with an RST. libuv refuses to reset a socket whose
+ * shutdown (our FIN) is still pending: Node then reports EINVAL, drops the
+ * handle without closing it (the fd leaks, and 'close' never comes) and the
+ * peer sees a clean end. Such a socket is therefore only destroyed.
+ */
+function resetSocket(s: net.Socket): void {
+  if (s.writableEnded && !s.writableFinished) s.destroy();
+  else s.resetAndDestroy();
+}
+
+function clearChaosTxAndReset(cc: ChaosState): void {
+  if (cc.txTimer !== null) clearTimeout(cc.txTimer);
+  if (cc.resetTimer !== null) clearTimeout(cc.resetTimer);
+  cc.txTimer = null;
+  cc.resetTimer = null;
+}
+
+function clearChaosTimers(cc: ChaosState): void {
+  clearChaosTxAndReset(cc);
+  if (cc.rxTimer !== null) clearTimeout(cc.rxTimer);
+  if (cc.offerTimer !== null) clearTimeout(cc.offerTimer);
+  cc.rxTimer = null;
+  cc.offerTimer = null;
+}
+
+/** Forgets the pieces of held received bytes (the caller drops rxLeftover with them). */
+function dropHeldRx(cc: ChaosState): void {
+  if (cc.rxTimer !== null) clearTimeout(cc.rxTimer);
+  cc.rxTimer = null;
+  cc.pieces = [];
+  cc.releasedBytes = 0;
 }
