@@ -6,19 +6,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ByteReader, ByteWriter, DecodeError } from './bytes.js';
+import { seededRandom, testSeed } from './prng.js';
 
-const SEED = Number(process.env.LOCKSTEP_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const SEED = testSeed();
 
 /** mulberry32: a small seeded PRNG, so a failing case can be reproduced from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = seededRandom;
 
 function bytesOf(write: (w: ByteWriter) => void): number[] {
   const w = new ByteWriter(4);

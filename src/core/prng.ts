@@ -75,6 +75,22 @@ export class Prng {
   }
 }
 
+/** A function returning floats in [0, 1) drawn from `new Prng(seed)`: the form randomized tests want. */
+export function seededRandom(seed: number): () => number {
+  const p = new Prng(seed >>> 0);
+  return () => p.next();
+}
+
+/**
+ * The seed of a randomized test run: LOCKSTEP_TEST_SEED when set (to replay a
+ * failure), else a fresh one. Tests print it, so any failure reproduces.
+ */
+export function testSeed(): number {
+  const env = process.env['LOCKSTEP_TEST_SEED'];
+  if (env !== undefined && /^\d+$/.test(env)) return Number(env);
+  return Math.floor(Math.random() * 2 ** 31);
+}
+
 function rotl(x: number, k: number): number {
   return (x << k) | (x >>> (32 - k));
 }

@@ -10,8 +10,9 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { ByteRing } from './ring.js';
+import { seededRandom, testSeed } from '../core/prng.js';
 
-const SEED = Number(process.env.LOCKSTEP_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const SEED = testSeed();
 const RING_URL = new URL('./ring.js', import.meta.url).href;
 /** Bounds every wait loop of the main thread, so a broken ring fails instead of hanging. */
 const LOOP_MAX = 2_000_000;
@@ -104,15 +105,7 @@ function startWorker(
   return { worker, flags: new Int32Array(flagsSab), message };
 }
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = seededRandom;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -26,18 +26,11 @@ import {
   type Trailer,
 } from './log/format.js';
 import { LogScanner, type ScanFrame } from './log/scanner.js';
+import { seededRandom, testSeed } from '../core/prng.js';
 
-const SEED = Number(process.env.LOCKSTEP_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const SEED = testSeed();
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = seededRandom;
 
 const FN = (name: (typeof WASI_FUNCTIONS)[number]): number => WASI_FUNCTIONS.indexOf(name);
 const CLOCK = FN('clock_time_get');

@@ -24,18 +24,11 @@ import {
   type Trailer,
 } from './format.js';
 import { LogError, LogScanner, type ScanEnd, type ScanFrame } from './scanner.js';
+import { seededRandom, testSeed } from '../../core/prng.js';
 
-const SEED = Number(process.env.LOCKSTEP_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const SEED = testSeed();
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = seededRandom;
 
 const HEADER: LogHeader = {
   moduleSha256: new Uint8Array(32).fill(1),
