@@ -61,6 +61,41 @@ export function runLockstep(
   });
 }
 
+/**
+ * Spawns `cmd args` with stdout and stderr collected, SIGKILLed after
+ * timeoutMs. `live` (optional) holds the child while it runs, so an after()
+ * hook can kill whatever is still running when a test fails.
+ */
+export function runCollected(
+  cmd: string,
+  args: string[],
+  opts: { timeoutMs: number; env?: NodeJS.ProcessEnv; cwd?: string; live?: Set<ChildProcess> },
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd ?? ROOT,
+      env: opts.env ?? process.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    opts.live?.add(child);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      opts.live?.delete(child);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      opts.live?.delete(child);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+  });
+}
+
 /** A long-running `lockstep run`, with the addresses its listeners got. */
 export interface Running {
   child: ChildProcess;

@@ -11,10 +11,10 @@
  * Needs root (or CAP_SYS_ADMIN) and iproute2's `ip`; `NETNS_SETUP` says so in
  * failure messages.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import { BIN, CACHE_DIR, ROOT, type RunResult } from './harness.js';
+import { BIN, CACHE_DIR, runCollected, type RunResult } from './harness.js';
 
 const execFileP = promisify(execFile);
 
@@ -111,34 +111,11 @@ export async function createNetns(): Promise<Netns> {
     runLockstep(args, opts = {}) {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       const [cmd, ...rest] = commandLine(args);
-      return new Promise((resolve, reject) => {
-        // `ip netns exec` execs the command, so the child's pid is node's and a kill reaches it.
-        const child = spawn(cmd!, rest, {
-          cwd: ROOT,
-          env: { ...process.env, LOCKSTEP_CACHE_DIR: CACHE_DIR },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        });
-        children.add(child);
-        const out: Buffer[] = [];
-        const err: Buffer[] = [];
-        child.stdout.on('data', (b: Buffer) => out.push(b));
-        child.stderr.on('data', (b: Buffer) => err.push(b));
-        const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-        child.on('error', (e) => {
-          clearTimeout(timer);
-          children.delete(child);
-          reject(e);
-        });
-        child.on('close', (code, signal) => {
-          clearTimeout(timer);
-          children.delete(child);
-          resolve({
-            code,
-            signal,
-            stdout: Buffer.concat(out).toString(),
-            stderr: Buffer.concat(err).toString(),
-          });
-        });
+      // `ip netns exec` execs the command, so the child's pid is node's and a kill reaches it.
+      return runCollected(cmd!, rest, {
+        timeoutMs,
+        env: { ...process.env, LOCKSTEP_CACHE_DIR: CACHE_DIR },
+        live: children,
       });
     },
     async remove() {

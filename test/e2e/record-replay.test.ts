@@ -33,6 +33,7 @@ import {
   CACHE_DIR,
   ROOT,
   repoPath,
+  runCollected,
   runLockstep,
   startLockstep,
   tempDir,
@@ -412,25 +413,7 @@ class LineClient {
 
 /** Runs a client program (redis-benchmark) as its own process, killed after timeoutMs or in after(). */
 function runClient(cmd: string, args: string[], timeoutMs: number): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    clients.add(child);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      clients.delete(child);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clients.delete(child);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-  });
+  return runCollected(cmd, args, { timeoutMs, live: clients });
 }
 
 async function redisBenchmark(port: number, extra: string[]): Promise<void> {
