@@ -92,6 +92,21 @@ export class ByteWriter {
     this.pos += b.byteLength;
   }
 
+  /** The first n bytes of b (a short prefix is copied without making a view). */
+  bytesOf(b: Uint8Array, n: number): void {
+    if (n === b.byteLength) {
+      this.bytes(b);
+      return;
+    }
+    this.reserve(n);
+    if (n <= 64) {
+      for (let i = 0; i < n; i++) this.buf[this.pos + i] = b[i]!;
+    } else {
+      this.buf.set(b.subarray(0, n), this.pos);
+    }
+    this.pos += n;
+  }
+
   /** A varint length followed by the bytes. */
   lenBytes(b: Uint8Array): void {
     this.varint(b.byteLength);

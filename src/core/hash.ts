@@ -39,17 +39,26 @@ function wordAt(b: Uint8Array, i: number): number {
  * are hashed at every call, so this is on the recorder's hot path.
  */
 export function hashBytes(h: number, b: Uint8Array): number {
-  const n = b.byteLength;
-  let i = 0;
+  return hashRange(h, b, 0, b.byteLength);
+}
+
+/**
+ * hashBytes of b[start, start + n) without making a view of it (the recorder
+ * hashes ranges of guest memory at every call; views are garbage).
+ */
+export function hashRange(h: number, b: Uint8Array, start: number, n: number): number {
+  let i = start;
+  const end = start + n;
   if (n >= LANES_MIN_BYTES) {
     let l0 = h;
     let l1 = h ^ 0x9e3779b9;
     let l2 = h ^ 0x85ebca6b;
     let l3 = h ^ 0xc2b2ae35;
-    const blocksEnd = n - (n % 16);
-    if (n >= VIEW_MIN_BYTES && (b.byteOffset & 3) === 0 && LITTLE_ENDIAN) {
+    const blocksEnd = start + n - (n % 16);
+    const at = b.byteOffset + start;
+    if (n >= VIEW_MIN_BYTES && (at & 3) === 0 && LITTLE_ENDIAN) {
       // Aligned and long enough to pay for a view: read whole words straight from memory.
-      const w = new Int32Array(b.buffer, b.byteOffset, blocksEnd >>> 2);
+      const w = new Int32Array(b.buffer, at, (blocksEnd - start) >>> 2);
       for (let k = 0; k < w.length; k += 4) {
         l0 = Math.imul(l0 ^ w[k]!, FNV_PRIME);
         l1 = Math.imul(l1 ^ w[k + 1]!, FNV_PRIME);
@@ -57,7 +66,7 @@ export function hashBytes(h: number, b: Uint8Array): number {
         l3 = Math.imul(l3 ^ w[k + 3]!, FNV_PRIME);
       }
     } else {
-      for (let k = 0; k < blocksEnd; k += 16) {
+      for (let k = start; k < blocksEnd; k += 16) {
         l0 = Math.imul(l0 ^ wordAt(b, k), FNV_PRIME);
         l1 = Math.imul(l1 ^ wordAt(b, k + 4), FNV_PRIME);
         l2 = Math.imul(l2 ^ wordAt(b, k + 8), FNV_PRIME);
@@ -70,8 +79,8 @@ export function hashBytes(h: number, b: Uint8Array): number {
     h = Math.imul(h ^ l3, FNV_PRIME);
     i = blocksEnd;
   }
-  for (; i + 4 <= n; i += 4) h = Math.imul(h ^ wordAt(b, i), FNV_PRIME);
-  for (; i < n; i++) h = Math.imul(h ^ b[i]!, FNV_PRIME);
+  for (; i + 4 <= end; i += 4) h = Math.imul(h ^ wordAt(b, i), FNV_PRIME);
+  for (; i < end; i++) h = Math.imul(h ^ b[i]!, FNV_PRIME);
   return Math.imul(h ^ n, FNV_PRIME);
 }
 

@@ -137,7 +137,7 @@ export class RecordTape {
     for (const v of views) {
       if (left <= 0) break;
       const k = Math.min(left, v.byteLength);
-      this.w.bytes(k === v.byteLength ? v : v.subarray(0, k));
+      this.w.bytesOf(v, k);
       left -= k;
     }
   }
@@ -327,30 +327,43 @@ export class ReplayTape {
     );
   }
 
-  private item<T>(read: (r: ByteReader) => T): T {
+  // The take* methods are on replay's hot path: no closures, one try each.
+
+  takeU(): number {
     this.itemsUsed = true;
     try {
-      return read(this.r!);
+      return this.r!.varint();
     } catch (e) {
       throw this.undecodable(this.b0 & FN_MASK, this.argHash, [], e);
     }
   }
 
-  takeU(): number {
-    return this.item((r) => r.varint());
-  }
-
   takeZ(): bigint {
-    return this.item((r) => r.zigzag());
+    this.itemsUsed = true;
+    try {
+      return this.r!.zigzag();
+    } catch (e) {
+      throw this.undecodable(this.b0 & FN_MASK, this.argHash, [], e);
+    }
   }
 
   takeBig(): bigint {
-    return this.item((r) => r.varbig());
+    this.itemsUsed = true;
+    try {
+      return this.r!.varbig();
+    } catch (e) {
+      throw this.undecodable(this.b0 & FN_MASK, this.argHash, [], e);
+    }
   }
 
   /** A view of the next n recorded bytes. */
   takeRaw(n: number): Uint8Array {
-    return this.item((r) => r.bytes(n));
+    this.itemsUsed = true;
+    try {
+      return this.r!.bytes(n);
+    } catch (e) {
+      throw this.undecodable(this.b0 & FN_MASK, this.argHash, [], e);
+    }
   }
 
   /**

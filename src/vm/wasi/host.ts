@@ -57,7 +57,7 @@ import { ProcExit, StopRequested } from './signals.js';
 import { PATH_BYTES_MAX } from '../fs/limits.js';
 import type { Clock } from '../../io/clock.js';
 import type { Entropy } from '../../io/entropy.js';
-import { hashBig, hashBytes, hashFinish16, hashStart, hashWord } from '../../core/hash.js';
+import { hashBig, hashBytes, hashFinish16, hashRange, hashStart, hashWord } from '../../core/hash.js';
 import { ReplayStop, type RecordTape, type ReplayTape } from '../../ft/tape.js';
 import type { OutputLedger } from '../../ft/outputs.js';
 
@@ -197,6 +197,8 @@ export class WasiHost {
   private readonly rec: RecordTape | null;
   private readonly rep: ReplayTape | null;
   private readonly outputs: OutputLedger | null;
+  /** Iovecs parsed by the argument hash of the current call (see sourceIovecs). */
+  private iovCache: { ptr: number; len: number; bufs: Uint8Array[] } | null = null;
   /** The last value each clock gave the guest; the log keeps differences from it. */
   private readonly lastClockNs: bigint[] = [0n, 0n, 0n, 0n];
 
@@ -313,9 +315,18 @@ export class WasiHost {
         const ptr = args[pi] as number;
         const len = args[li] as number;
         try {
-          if (kind === 'b') h = hashBytes(h, mem.view(ptr, len));
-          else if (kind === 's') h = hashBytes(h, mem.view(ptr, len * Layout.subscription.size));
-          else for (const v of mem.iovecs(ptr, len)) h = hashBytes(h, v);
+          if (kind === 'b') {
+            mem.check(ptr, len);
+            h = hashRange(h, mem.whole(), ptr, len);
+          } else if (kind === 's') {
+            mem.check(ptr, len * Layout.subscription.size);
+            h = hashRange(h, mem.whole(), ptr, len * Layout.subscription.size);
+          } else {
+            // The call reads the same iovecs next: keep them (no guest code runs in between).
+            const bufs = mem.iovecs(ptr, len);
+            this.iovCache = { ptr, len, bufs };
+            for (const v of bufs) h = hashBytes(h, v);
+          }
         } catch (e) {
           // The call itself will answer FAULT or INVAL, the same way on both sides.
           if (!(e instanceof GuestFault || e instanceof GuestInval)) throw e;
@@ -326,17 +337,29 @@ export class WasiHost {
     return hashFinish16(h);
   }
 
+  /**
+   * The iovecs a write-like call reads its data from. When the argument hash
+   * already parsed them in this call, they are reused instead of parsed twice.
+   */
+  private sourceIovecs(ptr: number, len: number): Uint8Array[] {
+    const c = this.iovCache;
+    this.iovCache = null;
+    if (c !== null && c.ptr === ptr && c.len === len) return c.bufs;
+    return this.memory.iovecs(ptr, len);
+  }
+
   /** Hash of the guest memory written during this call, or null when it wrote none. */
   private effectHash(): number | null {
     const mem = this.memory;
     const j = mem.journalPairs();
     if (j.length === 0) return null;
     let h = hashStart();
+    const u8 = mem.whole();
     for (let i = 0; i < j.length; i += 2) {
       const ptr = j[i]!;
       const len = j[i + 1]!;
       h = hashWord(hashWord(h, ptr), len);
-      h = hashBytes(h, mem.view(ptr, len));
+      h = hashRange(h, u8, ptr, len);
     }
     return hashFinish16(h);
   }
@@ -359,6 +382,7 @@ export class WasiHost {
       if (stop !== 0) throw new StopRequested(stop);
       const mem = this.memory;
       mem.refresh();
+      this.iovCache = null;
       log.begin(fnId, this.argHash(name, fnId, args), args as (number | bigint)[]);
       mem.resetJournal();
       let ret: number;
@@ -392,9 +416,10 @@ export class WasiHost {
   }
 
   private replayLog(rep: ReplayTape): CallLog {
+    const effect = (): number | null => this.effectHash();
     return {
       begin: (fnId, argHash, args) => rep.begin(fnId, argHash, args),
-      end: (ret) => rep.end(ret, () => this.effectHash(), HOST_DISK_ERRNOS),
+      end: (ret) => rep.end(ret, effect, HOST_DISK_ERRNOS),
       exited: () => rep.endNoReturn(),
       interrupted: () => {},
     };
@@ -870,7 +895,7 @@ export class WasiHost {
     const e = this.entry(fd);
     if (!e) return Errno.BADF;
     const mem = this.memory;
-    const bufs = mem.iovecs(iovsPtr, iovsLen);
+    const bufs = this.sourceIovecs(iovsPtr, iovsLen);
     mem.check(nwrittenPtr, 4);
     let n: number;
     switch (e.kind) {
@@ -964,7 +989,7 @@ export class WasiHost {
     const e = this.entry(fd);
     if (!e) return Errno.BADF;
     if (e.kind !== 'file') return e.kind === 'dir' ? Errno.ISDIR : Errno.SPIPE;
-    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    const bufs = this.sourceIovecs(iovsPtr, iovsLen);
     this.memory.check(nwrittenPtr, 4);
     const r = this.caps.fs.pwritev(e.h, bufs, offset);
     if (!r.ok) return r.errno;
@@ -1377,7 +1402,7 @@ export class WasiHost {
     if (!e) return Errno.BADF;
     if (e.kind !== 'socket') return Errno.NOTSOCK;
     if (siflags !== 0) return Errno.INVAL;
-    const bufs = this.memory.iovecs(iovsPtr, iovsLen);
+    const bufs = this.sourceIovecs(iovsPtr, iovsLen);
     this.memory.check(nwrittenPtr, 4);
     const r = this.streamWriteResult(e.ch, e.fdflags, bufs);
     if (!r.ok) return r.errno;
