@@ -56,6 +56,19 @@ async function recordCommand(wasm: string, args: string[], opts: RecordCliOption
   const vm = await loadVmForCli(wasm, vmArgs, opts, log);
   if (vm === null) return EXIT_REFUSED;
 
+  // The log must stay out of the VM's reach: the guest could read its own secret log, and the
+  // growing file would make the folder's manifest describe no real state.
+  const logAbs = path.resolve(opts.log);
+  for (const p of vm.preopens) {
+    const rel = path.relative(p.hostPath, logAbs);
+    if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) {
+      process.stderr.write(
+        `lockstep: the log ${opts.log} is inside ${p.hostPath}, which the VM sees as ${p.guestPath}; put it elsewhere\n`,
+      );
+      return EXIT_REFUSED;
+    }
+  }
+
   // The header: what the VM starts with. Folders are hashed before the guest can change them.
   let preopens: LogHeader['preopens'];
   try {

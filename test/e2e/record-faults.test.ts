@@ -106,3 +106,27 @@ test(
     }
   },
 );
+
+test(
+  'record refuses a log inside a folder the VM can see, and creates nothing',
+  { timeout: 30_000 },
+  async () => {
+    const t = tempDir('rec-inside');
+    try {
+      const log = path.join(t.dir, 'x.log');
+      const r = await runLockstep([
+        'record',
+        repoPath('test', 'guests', 'files.wasm'),
+        '--disk',
+        t.dir,
+        '--log',
+        log,
+      ]);
+      assert.equal(r.code, 125, r.stderr);
+      assert.match(r.stderr, /is inside .* which the VM sees as \/data/);
+      assert.throws(() => statSync(log), /ENOENT/);
+    } finally {
+      t.cleanup();
+    }
+  },
+);
