@@ -171,3 +171,25 @@ test('hashes are pure: the same input always gives the same value', () => {
   assert.equal(hashBytes(hashStart(), b), hashBytes(hashStart(), b));
   assert.equal(hashFinish16(hashBig(hashStart(), 123n)), hashFinish16(hashBig(hashStart(), 123n)));
 });
+
+test('hashBig folds the two halves of the 64-bit two’s complement, on both of its paths', () => {
+  const ref = (v: bigint): number => {
+    const u = BigInt.asUintN(64, v);
+    return hashWord(hashWord(hashStart(), Number(u & 0xffffffffn)), Number(u >> 32n));
+  };
+  for (const v of [
+    0n,
+    1n,
+    -1n,
+    2n ** 32n,
+    -(2n ** 32n) - 5n,
+    2n ** 53n - 1n,
+    -(2n ** 53n) + 1n,
+    2n ** 53n,
+    2n ** 63n - 1n,
+    -(2n ** 63n),
+    2n ** 64n - 1n,
+  ]) {
+    assert.equal(hashBig(hashStart(), v), ref(v), String(v));
+  }
+});

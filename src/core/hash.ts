@@ -87,8 +87,17 @@ export function hashRange(h: number, b: Uint8Array, start: number, n: number): n
 /** Int32Array reads host-endian words; the lanes' fast path is only taken where that is little-endian. */
 const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
-/** Folds a bigint argument in as two words. */
+/**
+ * Folds a bigint argument in as two words: the low and high halves of its
+ * 64-bit two's complement. Values within 2^53 (nearly all) take a path
+ * without BigInt arithmetic, which would allocate at every call.
+ */
 export function hashBig(h: number, v: bigint): number {
+  const n = Number(v);
+  if (Number.isSafeInteger(n)) {
+    h = hashWord(h, n >>> 0);
+    return hashWord(h, Math.floor(n / 4294967296));
+  }
   const u = BigInt.asUintN(64, v);
   h = hashWord(h, Number(u & 0xffffffffn));
   return hashWord(h, Number(u >> 32n));

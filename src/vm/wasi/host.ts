@@ -307,11 +307,15 @@ export class WasiHost {
   /** The hash a record keeps of a call's arguments and of the bytes they point at. */
   private argHash(name: WasiFunctionName, fnId: number, args: readonly unknown[]): number {
     let h = hashWord(hashStart(), fnId);
-    for (const a of args) h = typeof a === 'bigint' ? hashBig(h, a) : hashWord(h, a as number);
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      h = typeof a === 'bigint' ? hashBig(h, a) : hashWord(h, a as number);
+    }
     const content = CONTENT_ARGS[name];
     if (content !== undefined) {
       const mem = this.memory;
-      for (const [kind, pi, li] of content) {
+      for (let c = 0; c < content.length; c++) {
+        const [kind, pi, li] = content[c]!;
         const ptr = args[pi] as number;
         const len = args[li] as number;
         try {
