@@ -154,7 +154,9 @@ test('stdio: byte-exact stdout and stderr, stdin to EOF', { timeout: 30_000 }, a
     r.stdout.slice(-200),
   );
   assert.equal(Buffer.byteLength(r.stdout) > 131_072, true);
-  assert.equal(r.stderr, 'hello stderr\npartial-err\ndone\n');
+  // Lockstep's own progress line (a slow load on a busy machine) is not the guest's output.
+  const guestStderr = r.stderr.replace(/^lockstep: instrumenting [^\n]*\n/, '');
+  assert.equal(guestStderr, 'hello stderr\npartial-err\ndone\n');
 });
 
 test('poll_oneoff: timeouts, listener and connection readiness, hangup', { timeout: 30_000 }, async () => {
