@@ -91,6 +91,8 @@ export class NetDevice {
   private nextConnId = 1;
   private running = false;
   private stdinStarted = false;
+  /** While true, nothing leaves for the network: no sent bytes, no FIN, no reset. */
+  private outputsHeld = false;
   /** The I/O chaos policy, decided once from the seed; null (the normal case) for a faithful network. */
   private readonly chaos: ChaosPolicy | null;
 
@@ -285,6 +287,13 @@ export class NetDevice {
     if (n > 0) this.ctl.wakeVcpu();
   }
 
+  /** Holds or releases every network output of the VM; releasing flushes what waited, in order. */
+  holdOutputs(held: boolean): void {
+    if (this.outputsHeld === held) return;
+    this.outputsHeld = held;
+    if (!held && this.running) this.service();
+  }
+
   private service(): void {
     for (const c of this.conns.values()) this.serviceConn(c);
     if (this.stdinStarted) this.serviceStdin();
@@ -304,6 +313,11 @@ export class NetDevice {
         if (c.eofPending) ch.setRxFlag(RxFlag.EOF);
         else c.socket.resume();
       }
+    }
+    if (this.outputsHeld) {
+      // Every output waits, including the FIN or reset of a close: it is released in order later.
+      if (woke) this.ctl.wakeVcpu();
+      return;
     }
     if (!c.writeBlocked && !c.socketClosed) {
       if (c.chaos !== null) this.chaosDrainTx(c, c.chaos);
@@ -500,6 +514,16 @@ export class NetDevice {
 
   /** Flushes what the guest sent, then closes every listener and connection. */
   async close(): Promise<void> {
+    if (this.outputsHeld) {
+      // Held outputs are never released by a stop: a VM whose host lost its claim may have been
+      // taken over, and what it computed since must not reach anyone. Its connections are reset.
+      this.running = false;
+      this.ctl.pokeIo();
+      for (const c of this.conns.values()) if (!c.socketClosed) resetSocket(c.socket);
+      this.conns.clear();
+      for (const s of this.servers) s.close();
+      return;
+    }
     this.service();
     this.running = false;
     this.ctl.pokeIo();

@@ -73,6 +73,8 @@ export interface VcpuInit {
   fuel: bigint | null;
   /** When set, per-function call counts are written here as JSON when the guest stops. */
   traceCallsPath: string | null;
+  /** Host fds for the guest's stdout and stderr. */
+  stdioFds: { stdout: number; stderr: number };
   /** Recording into, or replaying from, a log ring shared with the main thread. */
   log: VcpuLogInit | null;
 }
@@ -227,7 +229,10 @@ function run(init: VcpuInit): VcpuResult {
     {
       clock: realClock,
       entropy: realEntropy,
-      out: { stdout: (b) => writeAll(1, b), stderr: (b) => writeAll(2, b) },
+      out: {
+        stdout: (b) => writeAll(init.stdioFds.stdout, b),
+        stderr: (b) => writeAll(init.stdioFds.stderr, b),
+      },
       ctl,
       ioPort: replaying ? new MessageChannel().port1 : init.ioPort,
       postToIo: post,

@@ -24,6 +24,7 @@ import type { VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
 import type { Preopen } from './fs/fs.js';
 import { WASI_FUNCTIONS, WASI_MODULE } from '../wasi/abi.js';
 import { DEFAULT_CALL_DEPTH_MAX, instrument, type InstrumentedModule } from './instrument/index.js';
+import { instrumentInWorker } from './instrument/worker.js';
 import { HOST_ROOT_BYTES_MAX } from './fs/limits.js';
 import { StopReason } from './wasi/signals.js';
 import type { ByteRing } from '../ft/ring.js';
@@ -62,6 +63,13 @@ export interface VmConfig {
   traceCallsPath?: string | null;
   /** Record into a log ring (the caller stores it), or replay from one (the caller fills it). */
   log?: VmLog | null;
+  /**
+   * Where the guest's stdout and stderr go (host fds, written by the vCPU thread); default 1 and 2.
+   * A host daemon points both at the VM's console log.
+   */
+  stdioFds?: { stdout: number; stderr: number };
+  /** Instrument on a worker thread, so a cold cache does not stall this thread (host daemons). */
+  instrumentInWorker?: boolean;
   /** Seed for the NetDevice's I/O chaos (tests of record/replay under hostile networks); null: none. */
   ioChaosSeed?: number | null;
 }
@@ -145,7 +153,7 @@ export class Vm {
         error: { code: 'io', message: `cannot read ${config.wasmPath}: ${(e as Error).message}` },
       };
     }
-    const r = await instrument(
+    const r = await (config.instrumentInWorker === true ? instrumentInWorker : instrument)(
       source,
       {
         memoryMaxPages: config.memoryMaxMib * PAGES_PER_MIB,
@@ -193,6 +201,7 @@ export class Vm {
       ioPort: io.port2,
       fuel: this.config.cpuBudget,
       traceCallsPath: this.config.traceCallsPath ?? null,
+      stdioFds: this.config.stdioFds ?? { stdout: 1, stderr: 2 },
       log:
         log === null
           ? null
@@ -241,6 +250,15 @@ export class Vm {
     this.stopReason = reason;
     this.ctl.requestStop(reason);
     this.killTimer = setTimeout(() => void this.worker?.terminate(), STOP_GRACE_MS);
+  }
+
+  /**
+   * Holds (true) or releases (false) the VM's network outputs: sent bytes, FINs and resets stay
+   * in the VM's rings while held. The guest keeps running; a guest that fills a ring waits, as
+   * with a slow client. Used when the host cannot renew its claim on the VM.
+   */
+  holdOutputs(held: boolean): void {
+    this.net?.holdOutputs(held);
   }
 
   wait(): Promise<VmOutcome> {
