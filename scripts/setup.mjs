@@ -30,6 +30,8 @@ const testNeeds = [
   ['/usr/bin/rustc', 'rustc'],
   ['/usr/lib/rustlib/wasm32-wasi', 'libstd-rust-dev-wasm32'],
   ['ip', 'iproute2'],
+  ['/usr/bin/etcd', 'etcd-server'],
+  ['nsenter', 'util-linux'],
 ];
 const needs = profile === 'run' ? runNeeds : testNeeds;
 
