@@ -1,0 +1,161 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chooseHost, decide, type ReconcileInput, type PeerView } from './reconcile.js';
+import type { VmSpec } from '../coord/records.js';
+
+const spec = (over: Partial<VmSpec> = {}): VmSpec => ({
+  v: 1,
+  name: 'kv',
+  wasmPath: '/x/kv.wasm',
+  wasmSha256: 'ab',
+  listen: '127.0.0.2:6379',
+  disk: null,
+  env: [],
+  args: [],
+  memoryMaxMib: 64,
+  ft: false,
+  desired: 'running',
+  ...over,
+});
+
+function input(over: Partial<ReconcileInput>): ReconcileInput {
+  return {
+    self: 'h1',
+    spec: spec(),
+    placement: null,
+    claim: null,
+    hosts: new Map<string, PeerView>([
+      ['h1', 'up'],
+      ['h2', 'up'],
+      ['h3', 'up'],
+    ]),
+    loads: new Map(),
+    local: null,
+    claimExpiryMarginMs: 1000,
+    ...over,
+  };
+}
+
+const placed = (primary: string | null, generation = 1, version = 'v1') => ({
+  value: { v: 1 as const, generation, primary, backup: null },
+  version,
+});
+
+test('chooseHost: fewest VMs among up hosts, then by name; never a down or excluded host', () => {
+  const hosts = new Map<string, PeerView>([
+    ['h3', 'up'],
+    ['h1', 'down'],
+    ['h2', 'up'],
+    ['h4', 'suspect'],
+  ]);
+  assert.equal(chooseHost(hosts, new Map(), null), 'h2');
+  assert.equal(chooseHost(hosts, new Map([['h2', 2]]), null), 'h3');
+  assert.equal(chooseHost(hosts, new Map(), 'h2'), 'h3');
+  assert.equal(chooseHost(new Map([['h1', 'down']]), new Map(), null), null);
+});
+
+test('an unplaced VM is placed by the chosen host only, by test-and-set from absent', () => {
+  assert.deepEqual(decide(input({})), [
+    {
+      type: 'place',
+      expectVersion: null,
+      placement: { v: 1, generation: 1, primary: 'h1', backup: null },
+      fence: null,
+    },
+  ]);
+  assert.deepEqual(decide(input({ self: 'h2' })), []);
+  assert.deepEqual(decide(input({ hosts: new Map<string, PeerView>([['h1', 'down']]) })), [
+    { type: 'wait', reason: 'no host is up to run it' },
+  ]);
+});
+
+test('the primary starts its VM at the placed generation, once', () => {
+  assert.deepEqual(decide(input({ placement: placed('h1', 3) })), [{ type: 'start', generation: 3 }]);
+  assert.deepEqual(
+    decide(input({ placement: placed('h1', 3), local: { generation: 3, state: 'running' } })),
+    [],
+  );
+  // A copy that failed at this generation stays failed until someone starts it again.
+  assert.deepEqual(
+    decide(input({ placement: placed('h1', 3), local: { generation: 3, state: 'failed' } })),
+    [],
+  );
+  // An older local copy that stopped does not block a new generation.
+  assert.deepEqual(
+    decide(input({ placement: placed('h1', 4), local: { generation: 3, state: 'stopped' } })),
+    [{ type: 'start', generation: 4 }],
+  );
+});
+
+test('a local copy that lost its generation stops and drops its held outputs', () => {
+  for (const placement of [placed('h2', 4), placed('h1', 5), null]) {
+    assert.deepEqual(decide(input({ placement, local: { generation: 4, state: 'running' } })), [
+      { type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' },
+    ]);
+  }
+});
+
+test('desired stopped stops the local copy without dropping outputs', () => {
+  assert.deepEqual(
+    decide(
+      input({
+        spec: spec({ desired: 'stopped' }),
+        placement: placed('h1'),
+        local: { generation: 1, state: 'running' },
+      }),
+    ),
+    [{ type: 'stop', discardOutputs: false, reason: 'stopped by request' }],
+  );
+  assert.deepEqual(decide(input({ spec: spec({ desired: 'stopped' }), placement: placed('h2') })), []);
+});
+
+test('a removed VM is cleaned locally', () => {
+  assert.deepEqual(decide(input({ spec: null, local: { generation: 1, state: 'running' } })), [
+    { type: 'remove-local' },
+  ]);
+  assert.deepEqual(decide(input({ spec: null })), []);
+});
+
+test('no takeover while the primary is up or only suspected', () => {
+  for (const view of ['up', 'suspect'] as const) {
+    const hosts = new Map<string, PeerView>([
+      ['h1', 'up'],
+      ['h2', view],
+    ]);
+    assert.deepEqual(decide(input({ placement: placed('h2'), hosts })), []);
+  }
+});
+
+test('takeover waits for the claim to expire beyond its TTL and margin, then fences the old host', () => {
+  const hosts = new Map<string, PeerView>([
+    ['h1', 'up'],
+    ['h2', 'down'],
+    ['h3', 'up'],
+  ]);
+  const claim = (unchangedMs: number) => ({ holder: 'h2', generation: 1, unchangedMs, ttlMs: 5000 });
+  assert.deepEqual(decide(input({ placement: placed('h2'), hosts, claim: claim(5900) })), [
+    { type: 'wait', reason: "waiting for h2's claim to expire" },
+  ]);
+  assert.deepEqual(decide(input({ placement: placed('h2', 1, 'v7'), hosts, claim: claim(6001) })), [
+    {
+      type: 'place',
+      expectVersion: 'v7',
+      placement: { v: 1, generation: 2, primary: 'h1', backup: null },
+      fence: 'h2',
+    },
+  ]);
+  // Only the chosen host proposes; another would propose the same and lose the test-and-set anyway.
+  assert.deepEqual(decide(input({ self: 'h3', placement: placed('h2'), hosts, claim: claim(6001) })), []);
+});
+
+test('a host that left cleanly is taken over without waiting for its claim, still with a fence', () => {
+  const hosts = new Map<string, PeerView>([
+    ['h1', 'up'],
+    ['h2', 'left'],
+  ]);
+  const claim = { holder: 'h2', generation: 1, unchangedMs: 0, ttlMs: 5000 };
+  const a = decide(input({ placement: placed('h2'), hosts, claim }));
+  assert.equal(a.length, 1);
+  assert.equal(a[0]!.type, 'place');
+  assert.equal(a[0]!.type === 'place' && a[0]!.fence, 'h2');
+});

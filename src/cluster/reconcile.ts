@@ -1,0 +1,158 @@
+/**
+ * Reconciliation: what one host should do about one VM, given the desired
+ * state in the coordinator and what this host sees.
+ *
+ * Role: the control plane's decision logic, as a pure function. The host
+ * daemon (src/host/daemon.ts) gathers the inputs (records read from the
+ * coordinator, its failure detector's view, its own VMs), calls decide(), and
+ * carries out the actions. Nothing here reads a clock or does I/O.
+ *
+ * Invariants (each is a rule the daemon relies on for safety):
+ * - Placement changes only by a test-and-set on the placement record's
+ *   version, so two hosts that decide at once cannot both win a generation.
+ * - A host takes a VM over from another host only when (a) its own failure
+ *   detector says that host is down or gone, (b) it has watched that host's
+ *   claim stand still for longer than the claim's TTL plus a margin, and
+ *   (c) it will fence the old host before starting the VM (the action says
+ *   so). A lease alone is not enough: a paused process can wake and emit.
+ * - A host runs a VM only at the generation that names it primary; a local
+ *   copy at any other generation is stopped with its held outputs dropped.
+ * - Choosing a host is deterministic from the same view, so hosts that agree
+ *   on membership propose the same host and do not duel.
+ */
+import type { VmPlacement, VmSpec, VmRunState } from '../coord/records.js';
+
+export type PeerView = 'up' | 'suspect' | 'down' | 'left' | 'unknown';
+
+export interface ClaimObservation {
+  holder: string;
+  generation: number;
+  /** How long this host has seen the claim's counter stand still, in ms of its own clock. */
+  unchangedMs: number;
+  ttlMs: number;
+}
+
+export interface LocalVm {
+  generation: number;
+  state: VmRunState;
+}
+
+export interface ReconcileInput {
+  self: string;
+  spec: VmSpec | null;
+  placement: { value: VmPlacement; version: string } | null;
+  claim: ClaimObservation | null;
+  /** This host's view of every registered host (itself included, as 'up'). */
+  hosts: ReadonlyMap<string, PeerView>;
+  /** How many VMs each host is primary for, to spread new placements. */
+  loads: ReadonlyMap<string, number>;
+  /** This host's own copy of the VM, if it has one. */
+  local: LocalVm | null;
+  /** Extra time beyond a claim's TTL before it counts as expired (clock-rate slack). */
+  claimExpiryMarginMs: number;
+}
+
+export type ReconcileAction =
+  /** Test-and-set the placement to `placement` (expecting `expectVersion`, null: absent), then act on it. */
+  | {
+      type: 'place';
+      expectVersion: string | null;
+      placement: VmPlacement;
+      /** A host to fence before the VM may start here, or null. */
+      fence: string | null;
+    }
+  /** Start the VM here at this generation (claim first, then start). */
+  | { type: 'start'; generation: number }
+  /** Stop the local copy; `discardOutputs` when it lost its generation (never release what it held). */
+  | { type: 'stop'; discardOutputs: boolean; reason: string }
+  /** The VM's spec is gone: stop the local copy and delete its local data. */
+  | { type: 'remove-local' }
+  /** The VM cannot be taken over yet; the reason is shown to people. */
+  | { type: 'wait'; reason: string };
+
+/** Picks the host for a VM: the up host with the fewest VMs, then by name. Null when none is up. */
+export function chooseHost(
+  hosts: ReadonlyMap<string, PeerView>,
+  loads: ReadonlyMap<string, number>,
+  exclude: string | null,
+): string | null {
+  let best: string | null = null;
+  let bestLoad = Infinity;
+  for (const [name, view] of [...hosts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (view !== 'up' || name === exclude) continue;
+    const load = loads.get(name) ?? 0;
+    if (load < bestLoad) {
+      best = name;
+      bestLoad = load;
+    }
+  }
+  return best;
+}
+
+/** Whether a host can no longer run anything, as far as this host can tell. */
+function gone(view: PeerView | undefined): boolean {
+  return view === undefined || view === 'down' || view === 'left' || view === 'unknown';
+}
+
+export function decide(input: ReconcileInput): ReconcileAction[] {
+  const { self, spec, placement, local } = input;
+  if (spec === null) return local !== null ? [{ type: 'remove-local' }] : [];
+
+  const p = placement?.value ?? null;
+  const actions: ReconcileAction[] = [];
+  // A local copy that is not the current generation's primary lost its place: it stops first.
+  if (local !== null && local.state !== 'stopped' && local.state !== 'failed') {
+    if (p === null || p.primary !== self || p.generation !== local.generation) {
+      return [{ type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' }];
+    }
+  }
+
+  if (spec.desired === 'stopped') {
+    if (local !== null && (local.state === 'running' || local.state === 'starting'))
+      actions.push({ type: 'stop', discardOutputs: false, reason: 'stopped by request' });
+    return actions;
+  }
+
+  // desired: running
+  if (p === null || p.primary === null) {
+    const chosen = chooseHost(input.hosts, input.loads, null);
+    if (chosen === null) return [{ type: 'wait', reason: 'no host is up to run it' }];
+    if (chosen !== self) return [];
+    return [
+      {
+        type: 'place',
+        expectVersion: placement?.version ?? null,
+        placement: { v: 1, generation: (p?.generation ?? 0) + 1, primary: self, backup: null },
+        fence: null,
+      },
+    ];
+  }
+
+  if (p.primary === self) {
+    if (local === null || local.generation !== p.generation)
+      return [{ type: 'start', generation: p.generation }];
+    // A copy that stopped or failed at this generation stays so until someone asks to start it again.
+    return [];
+  }
+
+  // Another host is primary. Take over only if it is gone and its claim has expired.
+  const holder = p.primary;
+  const view = input.hosts.get(holder);
+  if (!gone(view)) return [];
+  const claim = input.claim;
+  if (view !== 'left' && claim !== null && claim.holder === holder) {
+    if (claim.unchangedMs <= claim.ttlMs + input.claimExpiryMarginMs)
+      return [{ type: 'wait', reason: `waiting for ${holder}'s claim to expire` }];
+  }
+  const chosen = chooseHost(input.hosts, input.loads, holder);
+  if (chosen === null) return [{ type: 'wait', reason: 'no host is up to take it over' }];
+  if (chosen !== self) return [];
+  return [
+    {
+      type: 'place',
+      expectVersion: placement!.version,
+      placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
+      fence: holder,
+    },
+  ];
+}
