@@ -1,0 +1,107 @@
+/**
+ * What the host API serves, as plain types, and the interface the host daemon
+ * implements for it.
+ *
+ * Role: the contract between src/api (HTTP, auth, validation) and src/host
+ * (the daemon that knows the truth). The API server never decides anything;
+ * it validates, authenticates and calls a HostBackend.
+ *
+ * Invariants:
+ * - VmStatus has exactly the fields and states of DESIGN.md §5 (`vm show
+ *   --json`), plus the extra fields below; none is renamed.
+ * - Backend methods return expected failures as values; the server maps
+ *   their codes to HTTP statuses (ApiErrorCode → status in server.ts).
+ */
+import type { VmRunState } from '../coord/records.js';
+
+export type Protection = 'off' | 'syncing' | 'protected' | 'reprotecting' | 'unprotected';
+
+export interface VmStatus {
+  name: string;
+  state: VmRunState;
+  ft: boolean;
+  protection: Protection;
+  /** Why protection is 'unprotected', or why the VM failed; null otherwise. */
+  reason: string | null;
+  primary: string | null;
+  backup: string | null;
+  /** "IP:PORT". */
+  address: string;
+  lagMs: number | null;
+  /** Extra fields. */
+  desired: 'running' | 'stopped';
+  generation: number;
+  wasm: string;
+  disk: string | null;
+  exitCode: number | null;
+}
+
+export type HostState = 'up' | 'suspect' | 'down' | 'left';
+
+export interface HostStatus {
+  name: string;
+  /** As this API's host sees it (its own failure detector). */
+  state: HostState;
+  api: string;
+  peer: string;
+  address: string | null;
+  pid: number;
+  /** Names of the VMs whose primary it is. */
+  vms: string[];
+  /** Median heartbeat round trip in ms, or null when unknown (or for the answering host itself). */
+  heartbeatRttMs: number | null;
+}
+
+export interface CreateVmRequest {
+  name: string;
+  /** Absolute path of the module, readable by the hosts. */
+  wasm: string;
+  listen: string;
+  disk?: string | null;
+  env?: string[];
+  args?: string[];
+  memoryMaxMib?: number;
+  ft?: boolean;
+  /** Place it on this host instead of letting the cluster choose. */
+  host?: string | null;
+}
+
+export type ApiErrorCode =
+  | 'invalid' // 400
+  | 'unauthorized' // 401
+  | 'not-found' // 404
+  | 'conflict' // 409
+  | 'unavailable' // 503: the coordinator or the host that runs the VM cannot be reached
+  | 'internal'; // 500
+
+export interface ApiError {
+  code: ApiErrorCode;
+  message: string;
+}
+
+export type ApiResult<T> = { ok: true; value: T } | { ok: false; error: ApiError };
+
+export interface HostInfo {
+  name: string;
+  pid: number;
+  api: string;
+  clusterId: string;
+}
+
+/** What the daemon offers the API server. Every method is safe to call concurrently. */
+export interface HostBackend {
+  info(): HostInfo;
+  /** Whether this host runs the VM as its live primary right now (for load balancers). */
+  isPrimaryFor(vm: string): boolean;
+  /** The token every call except health needs. */
+  token(): string;
+  listHosts(): Promise<ApiResult<HostStatus[]>>;
+  listVms(): Promise<ApiResult<VmStatus[]>>;
+  getVm(name: string): Promise<ApiResult<VmStatus>>;
+  createVm(req: CreateVmRequest): Promise<ApiResult<VmStatus>>;
+  startVm(name: string): Promise<ApiResult<VmStatus>>;
+  stopVm(name: string): Promise<ApiResult<VmStatus>>;
+  removeVm(name: string): Promise<ApiResult<void>>;
+  /** The tail of the VM's console log (stdout and stderr), at most `bytesMax` bytes. */
+  vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>>;
+}
