@@ -1,36 +1,71 @@
 #!/usr/bin/env node
-// The README's main job: runs the example KV server under Lockstep on a local
-// port, with its disk in .demo/disk, and says how to talk to it. `npm start`
-// runs scripts/setup.mjs first, which installs what is missing.
-import { spawn } from 'node:child_process';
+// The README's main job: a local 3-host cluster (`lockstep cluster up`, a
+// file: coordinator under .demo/cluster) with the example KV server placed on
+// it, and how to talk to it. `npm start` runs scripts/setup.mjs first, which
+// installs what is missing. Ctrl-C stops the cluster.
+//
+// Settings: LOCKSTEP_DEMO_PORT (default 6380) and LOCKSTEP_DEMO_IP (default
+// 127.0.0.2) give the VM's service address.
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bin = path.join(root, 'bin', 'lockstep.js');
 const port = process.env.LOCKSTEP_DEMO_PORT ?? '6380';
-const disk = path.join(root, '.demo', 'disk');
-mkdirSync(disk, { recursive: true });
+const ip = process.env.LOCKSTEP_DEMO_IP ?? '127.0.0.2';
+const data = path.join(root, '.demo', 'cluster');
+const image = path.join(root, '.demo', 'kv-image');
+mkdirSync(image, { recursive: true });
 
-const child = spawn(
-  process.execPath,
-  [
-    path.join(root, 'bin', 'lockstep.js'),
-    'run',
-    path.join(root, 'examples', 'kv', 'kv.wasm'),
-    '--listen',
-    `127.0.0.1:${port}`,
-    '--disk',
-    disk,
-  ],
-  { stdio: ['ignore', 'inherit', 'pipe'] },
-);
-child.stderr.on('data', (b) => {
-  process.stderr.write(b);
-  const m = /listening on 127\.0\.0\.1:(\d+)/.exec(b.toString());
-  if (m) process.stderr.write(`talk to it with:  redis-cli -p ${m[1]}     (Ctrl-C stops the VM)\n`);
+const cluster = spawn(process.execPath, [bin, 'cluster', 'up', '--hosts', '3', '--data', data], {
+  stdio: ['ignore', 'pipe', 'inherit'],
 });
-// Ctrl-C reaches the whole process group; the child stops itself and we exit with it.
+// Ctrl-C reaches the whole process group; the cluster stops itself and we exit with it.
 process.on('SIGINT', () => {});
-process.on('SIGTERM', () => child.kill('SIGTERM'));
-child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+process.on('SIGTERM', () => cluster.kill('SIGTERM'));
+cluster.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+
+createInterface({ input: cluster.stdout }).once('line', (line) => {
+  const { coordinator } = JSON.parse(line);
+  const env = { ...process.env, LOCKSTEP_COORDINATOR: coordinator };
+  const lockstep = (...args) => spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8' });
+  const existing = lockstep('vm', 'show', 'kv', '--json');
+  const r =
+    existing.status === 0
+      ? lockstep('vm', 'start', 'kv', '--json')
+      : lockstep(
+          'vm',
+          'create',
+          'kv',
+          '--wasm',
+          path.join(root, 'examples', 'kv', 'kv.wasm'),
+          '--listen',
+          `${ip}:${port}`,
+          '--disk',
+          image,
+          '--json',
+        );
+  if (r.status !== 0) {
+    process.stderr.write(r.stderr);
+    process.stderr.write(
+      'demo: could not start the example VM; the cluster keeps running (Ctrl-C stops it)\n',
+    );
+    return;
+  }
+  const vm = JSON.parse(r.stdout.trim().split('\n').pop());
+  process.stderr.write(
+    [
+      '',
+      `The example KV server runs as VM "kv" on host ${vm.primary}, at ${vm.address}.`,
+      `  talk to it:        redis-cli -h ${ip} -p ${port}`,
+      `  see the cluster:   LOCKSTEP_COORDINATOR=${coordinator} npx lockstep vm ls`,
+      `  simulate a crash:  LOCKSTEP_COORDINATOR=${coordinator} npx lockstep host kill ${vm.primary}`,
+      '                     (without FT, the VM restarts on another host from its disk image)',
+      'Ctrl-C stops the cluster.',
+      '',
+    ].join('\n'),
+  );
+});

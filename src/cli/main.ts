@@ -9,6 +9,9 @@ import { Command, CommanderError, Option } from 'commander';
 import { addRunCommand } from './run.js';
 import { addRecordCommand } from './record.js';
 import { addReplayCommand } from './replay.js';
+import { addHostCommands } from './host.js';
+import { addClusterCommands } from './cluster.js';
+import { addVmCommands } from './vm.js';
 
 export const EXIT_USAGE = 2;
 
@@ -26,6 +29,9 @@ export function buildProgram(): Command {
   addRunCommand(program);
   addRecordCommand(program);
   addReplayCommand(program);
+  addHostCommands(program);
+  addClusterCommands(program);
+  addVmCommands(program);
   program.addOption(new Option('--no-color', 'accepted for compatibility').hideHelp());
   return program;
 }

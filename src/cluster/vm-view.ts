@@ -1,0 +1,71 @@
+/**
+ * The VM's status as people and scripts see it (`vm show --json`), derived
+ * from the coordinator's records and a host's view of its peers.
+ *
+ * Role: one pure function used by the host API and by the CLI when no host
+ * answers (it then reads the coordinator directly), so both say the same.
+ *
+ * Invariants:
+ * - The state comes from the report of the host the placement names, at the
+ *   placement's generation; a report from another host or generation is
+ *   stale and never shown as current.
+ * - Nothing here claims protection: `protection` is 'off' unless FT is
+ *   wished, and then 'unprotected' with a reason until a live backup's
+ *   acknowledgements say otherwise (issue 5 fills that in from the backup).
+ */
+import type { VmStatus } from '../api/backend.js';
+import type { VmClaim, VmPlacement, VmSpec, VmStatusRecord } from '../coord/records.js';
+import type { PeerView } from './reconcile.js';
+
+export interface VmRecords {
+  spec: VmSpec;
+  placement: VmPlacement | null;
+  status: VmStatusRecord | null;
+  claim: VmClaim | null;
+}
+
+export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null): VmStatus {
+  const { spec, placement, status } = r;
+  const primary = placement?.primary ?? null;
+  const current =
+    status !== null &&
+    placement !== null &&
+    status.host === primary &&
+    status.generation === placement.generation
+      ? status
+      : null;
+  let state: VmStatus['state'];
+  let reason: string | null = null;
+  if (current !== null) {
+    state = current.state;
+    if (state === 'failed' || state === 'stopped') reason = current.message;
+  } else if (spec.desired === 'running') {
+    state = 'starting';
+    reason = primary === null ? 'waiting for a host' : null;
+  } else {
+    state = 'stopped';
+  }
+  if (spec.desired === 'stopped' && state === 'running') state = 'running'; // still stopping
+  if (primary !== null && hosts !== null && (state === 'running' || state === 'starting')) {
+    const view = hosts.get(primary) ?? 'unknown';
+    if (view === 'down' || view === 'unknown' || view === 'left')
+      reason = `host ${primary} is ${view === 'unknown' ? 'not registered' : view}`;
+    else if (view === 'suspect') reason = `host ${primary} is not answering heartbeats`;
+  }
+  return {
+    name: spec.name,
+    state,
+    ft: spec.ft,
+    protection: spec.ft ? 'unprotected' : 'off',
+    reason: spec.ft && reason === null ? 'no backup host is attached' : reason,
+    primary,
+    backup: placement?.backup ?? null,
+    address: spec.listen,
+    lagMs: null,
+    desired: spec.desired,
+    generation: placement?.generation ?? 0,
+    wasm: spec.wasmPath,
+    disk: spec.disk,
+    exitCode: current?.exitCode ?? null,
+  };
+}

@@ -1,0 +1,1056 @@
+/**
+ * HostDaemon: one Lockstep host, the I/O shell around the cluster's pure logic.
+ *
+ * Role: wire the coordinator, the heartbeat transport, the membership state
+ * machine, the reconciler and the VM core together, and serve the host API.
+ * Decisions are made by pure code (src/cluster/membership.ts, reconcile.ts);
+ * this module gathers their inputs and carries out their actions.
+ *
+ * Loops (each runs one pass at a time, never overlapping itself):
+ * - membership tick (heartbeatIntervalMs / 2): heartbeats out, failure
+ *   detection, and the claim-hold check;
+ * - registry refresh (registryRefreshMs): the hosts' records, so new peers are
+ *   heartbeated and incarnations known to the replay guard;
+ * - reconcile (reconcileIntervalMs, and at once after a change);
+ * - claim renewal (claimRenewMs) for every VM this host runs.
+ *
+ * Invariants:
+ * - Nothing that needs arbitration happens without the coordinator: a pass
+ *   whose reads fail does nothing, and a VM is started only after this host
+ *   won its placement and wrote its claim.
+ * - A VM whose claim has not been renewed for claimTtlMs − claimHoldMarginMs
+ *   has every network output held until a renewal succeeds again; if the
+ *   renewal finds another generation in place, the VM is stopped and what it
+ *   held is dropped.
+ * - Every host-to-host frame is authenticated with the cluster secret and
+ *   checked against replays; every rejection is counted and logged.
+ * - A takeover fences the old host before the VM starts here.
+ */
+import { randomBytes, createHash } from 'node:crypto';
+import { readFile, rm, stat, open as openFile } from 'node:fs/promises';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Coordinator, Versioned } from '../coord/coordinator.js';
+import { openCoordinator } from '../coord/open.js';
+import {
+  HOSTS_PREFIX,
+  KEY_CLUSTER,
+  NAME_RE,
+  VMS_PREFIX,
+  hostKey,
+  vmClaimKey,
+  vmPlacementKey,
+  vmSpecKey,
+  vmStatusKey,
+  type ClusterRecord,
+  type HostRecord,
+  type VmClaim,
+  type VmPlacement,
+  type VmSpec,
+  type VmStatusRecord,
+} from '../coord/records.js';
+import type {
+  ApiResult,
+  CreateVmRequest,
+  HostBackend,
+  HostInfo,
+  HostStatus,
+  VmStatus,
+} from '../api/backend.js';
+import { startApiServer } from '../api/server.js';
+import { ApiClient } from '../api/client.js';
+import {
+  Membership,
+  tickIntervalMs,
+  type HeartbeatMsg,
+  type MembershipAction,
+} from '../cluster/membership.js';
+import {
+  FrameKind,
+  HEARTBEAT_CHANNEL,
+  ReplayGuard,
+  decodeFrame,
+  decodeHeartbeat,
+  encodeFrame,
+  encodeHeartbeat,
+} from '../cluster/frame.js';
+import { PeerUdp, parseHostPort } from '../io/peer-udp.js';
+import {
+  chooseHost,
+  decide,
+  type ClaimObservation,
+  type PeerView,
+  type ReconcileAction,
+} from '../cluster/reconcile.js';
+import { vmView } from '../cluster/vm-view.js';
+import { LocalVm, vmDataDir } from './local-vm.js';
+import { bootId, killVerified, selfIdentity } from './proc.js';
+import type { HostTimings } from './timings.js';
+import { MEMORY_MAX_MIB_DEFAULT, MEMORY_MAX_MIB_LIMIT } from '../vm/vm.js';
+import { parseListen } from '../io/net-device.js';
+
+export interface HostOptions {
+  name: string;
+  dataDir: string;
+  coordinator: string;
+  /** The host's own IP for heartbeats (and, later, the logging channel); loopback when null. */
+  address: string | null;
+  api: { host: string; port: number };
+  timings: HostTimings;
+  logger: Logger;
+  /** Testing only: use this secret instead of the cluster's (a host that does not know the secret). */
+  secretOverrideHex?: string | null;
+  cacheDir?: string;
+  /** Monotonic milliseconds. */
+  nowMs?: () => number;
+}
+
+export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'; message: string };
+
+/** Rejected frames are logged at most this often per reason (they are always counted). */
+const REJECT_LOG_INTERVAL_MS = 5000;
+/** Frames from unknown incarnations make the host re-read the registry at most this often. */
+const REFRESH_EARLY_MIN_MS = 500;
+/** Sources remembered for rate-limiting rejection logs; beyond this the memory is reset. */
+const REJECT_LOG_SOURCES_MAX = 1024;
+
+interface ClaimSeen {
+  key: string;
+  sinceMs: number;
+  claim: VmClaim;
+}
+
+export class HostDaemon implements HostBackend {
+  private readonly membership: Membership;
+  private readonly guard = new ReplayGuard();
+  private hostRecords = new Map<string, HostRecord>();
+  private readonly localVms = new Map<string, LocalVm>();
+  /** VMs this host won by takeover and must fence before starting: vm → host to fence. */
+  private readonly pendingFence = new Map<string, string>();
+  private readonly claimSeen = new Map<string, ClaimSeen>();
+  private readonly claimCounter = new Map<string, number>();
+  /** Start time (monotonic ms) of the last successful claim renewal, per local VM. */
+  private readonly claimRenewedAtMs = new Map<string, number>();
+  private readonly outputsHeld = new Set<string>();
+  private readonly rejected = new Map<string, { count: number; loggedAtMs: number }>();
+  private readonly rejectLoggedAtMs = new Map<string, number>();
+  private heartbeatSeq = 0;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private reconcileRunning = false;
+  private reconcileAgain = false;
+  private renewRunning = false;
+  private stopping = false;
+  private apiAddress = '';
+  private apiClose: (() => Promise<void>) | null = null;
+  private readonly incarnation = randomBytes(8).toString('hex');
+  private readonly nowMs: () => number;
+  private readonly log: Logger;
+
+  private constructor(
+    private readonly opts: HostOptions,
+    private readonly coord: Coordinator,
+    private readonly cluster: ClusterRecord,
+    private readonly secret: Buffer,
+    private readonly udp: PeerUdp,
+  ) {
+    this.nowMs = opts.nowMs ?? (() => performance.now());
+    this.log = opts.logger;
+    this.membership = new Membership({ self: opts.name, ...opts.timings.membership });
+  }
+
+  static async start(
+    opts: HostOptions,
+  ): Promise<{ ok: true; host: HostDaemon } | { ok: false; error: HostStartError }> {
+    if (!NAME_RE.test(opts.name))
+      return fail(
+        'usage',
+        `bad host name ${JSON.stringify(opts.name)}: use a-z, 0-9, '-' and '_' (at most 63)`,
+      );
+    try {
+      mkdirSync(opts.dataDir, { recursive: true });
+    } catch (e) {
+      return fail('io', `cannot create the data folder ${opts.dataDir}: ${(e as Error).message}`);
+    }
+    const opened = await openCoordinator(opts.coordinator, { opTimeoutMs: opts.timings.coordOpTimeoutMs });
+    if (!opened.ok) return fail('coordinator', `coordinator ${opts.coordinator}: ${opened.error.message}`);
+    const coord = opened.value;
+    const closeOnFail = async <T>(r: T): Promise<T> => {
+      await coord.close();
+      return r;
+    };
+    const cluster = await ensureCluster(coord);
+    if (!cluster.ok) return closeOnFail(fail('coordinator', cluster.message));
+    // A second process under the same name would fight the first for its VMs.
+    const existing = await coord.get<HostRecord>(hostKey(opts.name));
+    if (!existing.ok) return closeOnFail(fail('coordinator', `coordinator: ${existing.error.message}`));
+    if (existing.value !== null && existing.value.value.state === 'up') {
+      const rec = existing.value.value;
+      const { liveness } = await import('./proc.js');
+      if (liveness({ pid: rec.pid, startTicks: rec.pidStartTicks, bootId: rec.bootId }) === 'alive')
+        return closeOnFail(fail('conflict', `host ${opts.name} already runs as pid ${rec.pid}`));
+    }
+    const secret = Buffer.from(opts.secretOverrideHex ?? cluster.value.secretHex, 'hex');
+    let udp: PeerUdp;
+    try {
+      udp = await PeerUdp.bind(opts.address ?? '127.0.0.1', 0);
+    } catch (e) {
+      return closeOnFail(
+        fail(
+          'io',
+          `cannot bind the heartbeat port on ${opts.address ?? '127.0.0.1'}: ${(e as Error).message}`,
+        ),
+      );
+    }
+    const host = new HostDaemon(opts, coord, cluster.value, secret, udp);
+    const started = await host.begin();
+    if (!started.ok) {
+      await host.shutdown();
+      return { ok: false, error: started.error };
+    }
+    return { ok: true, host };
+  }
+
+  private async begin(): Promise<{ ok: true } | { ok: false; error: HostStartError }> {
+    this.udp.onDatagram((buf, rinfo) => this.onDatagram(buf, `${rinfo.address}:${rinfo.port}`));
+    try {
+      const api = await startApiServer(this, this.opts.api, { logger: this.log.child({ part: 'api' }) });
+      this.apiAddress = `${api.address.host}:${api.address.port}`;
+      this.apiClose = api.close;
+    } catch (e) {
+      return fail(
+        'io',
+        `cannot serve the API on ${this.opts.api.host}:${this.opts.api.port}: ${(e as Error).message}`,
+      );
+    }
+    const registered = await this.register('up');
+    if (!registered.ok)
+      return fail('coordinator', `cannot register in the coordinator: ${registered.message}`);
+    await this.refreshRegistry();
+    const t = this.opts.timings;
+    this.every(Math.max(5, tickIntervalMs(t.membership)), () => this.tick());
+    this.every(t.registryRefreshMs, () => void this.refreshRegistry());
+    this.every(t.reconcileIntervalMs, () => this.reconcileSoon());
+    this.every(t.claimRenewMs, () => void this.renewClaims());
+    this.tick();
+    this.reconcileSoon();
+    return { ok: true };
+  }
+
+  private every(ms: number, f: () => void): void {
+    this.timers.push(setInterval(f, ms));
+  }
+
+  info(): HostInfo {
+    return {
+      name: this.opts.name,
+      pid: process.pid,
+      api: this.apiAddress,
+      clusterId: this.cluster.clusterId,
+    };
+  }
+
+  token(): string {
+    return this.cluster.tokenHex;
+  }
+
+  isPrimaryFor(vm: string): boolean {
+    const l = this.localVms.get(vm);
+    return l !== undefined && l.state === 'running' && !this.outputsHeld.has(vm);
+  }
+
+  /** Frames rejected so far, by reason (for tests and people). */
+  rejectedFrames(): Record<string, number> {
+    return Object.fromEntries([...this.rejected].map(([k, v]) => [k, v.count]));
+  }
+
+  // ---- registration and membership ----
+
+  private async register(state: 'up' | 'left'): Promise<{ ok: true } | { ok: false; message: string }> {
+    const me = selfIdentity();
+    const udpAddr = this.udp.address();
+    const rec: HostRecord = {
+      v: 1,
+      name: this.opts.name,
+      incarnation: this.incarnation,
+      pid: me.pid,
+      pidStartTicks: me.startTicks,
+      bootId: me.bootId,
+      api: this.apiAddress,
+      peer: `${udpAddr.host}:${udpAddr.port}`,
+      address: this.opts.address,
+      nodeVersion: process.version,
+      arch: process.arch,
+      state,
+      startedAtMs: Date.now(),
+    };
+    const r = await this.coord.put(hostKey(this.opts.name), rec, 'any');
+    return r.ok ? { ok: true } : { ok: false, message: r.error.message };
+  }
+
+  private async refreshRegistry(): Promise<void> {
+    const r = await this.coord.list<HostRecord>(HOSTS_PREFIX);
+    if (!r.ok) return;
+    const next = new Map<string, HostRecord>();
+    for (const { value } of r.value) if (value?.v === 1) next.set(value.name, value);
+    this.hostRecords = next;
+    const peers = [...next.values()].filter((h) => h.name !== this.opts.name);
+    this.guard.syncRegistry(peers, this.opts.name);
+    this.apply(
+      this.membership.step({
+        type: 'registry',
+        nowMs: this.nowMs(),
+        hosts: peers.map((h) => ({ name: h.name, incarnation: h.incarnation, peer: h.peer, state: h.state })),
+      }),
+    );
+  }
+
+  private lastEarlyRefreshMs = -Infinity;
+
+  /** Re-reads the registry now, at most once per REFRESH_EARLY_MIN_MS. */
+  private refreshRegistrySoon(): void {
+    const now = this.nowMs();
+    if (now - this.lastEarlyRefreshMs < REFRESH_EARLY_MIN_MS) return;
+    this.lastEarlyRefreshMs = now;
+    void this.refreshRegistry();
+  }
+
+  private tick(): void {
+    if (this.stopping) return;
+    this.apply(this.membership.step({ type: 'tick', nowMs: this.nowMs() }));
+    this.checkClaimHolds();
+  }
+
+  private apply(actions: MembershipAction[]): void {
+    for (const a of actions) {
+      if (a.type === 'send') this.sendHeartbeat(a.to, a.peer, a.msg);
+      else if (a.type === 'peer-removed') {
+        this.log.info({ peer: a.name, reason: a.reason }, `peer ${a.name} removed (${a.reason})`);
+        this.reconcileSoon();
+      } else if (a.type === 'peer-state') {
+        this.log.info(
+          { peer: a.name, state: a.state, previous: a.previous, silentMs: a.silentMs },
+          `peer ${a.name} is ${a.state}`,
+        );
+        this.reconcileSoon();
+      }
+    }
+  }
+
+  private sendHeartbeat(to: string, peer: string, msg: HeartbeatMsg): void {
+    const addr = parseHostPort(peer);
+    if (addr === null) return; // a malformed registry entry: nothing to send to
+    const frame = encodeFrame(
+      {
+        kind: FrameKind.HEARTBEAT,
+        clusterId: this.cluster.clusterId,
+        from: this.opts.name,
+        fromIncarnation: this.incarnation,
+        to,
+        channel: HEARTBEAT_CHANNEL,
+        seq: ++this.heartbeatSeq,
+        payload: encodeHeartbeat(msg),
+      },
+      this.secret,
+    );
+    this.udp.send(frame, addr.host, addr.port);
+  }
+
+  private onDatagram(buf: Buffer, source: string): void {
+    if (this.stopping) return;
+    const d = decodeFrame(buf, this.secret, { clusterId: this.cluster.clusterId, self: this.opts.name });
+    if (!d.ok) return this.reject(d.reason, source);
+    const f = d.frame;
+    const verdict = this.guard.accept(f.from, f.fromIncarnation, f.channel, f.seq);
+    if (verdict !== 'ok') {
+      // An authentic frame from an incarnation we do not know yet is usually a host that has just
+      // (re)started: read the registry again soon. It stays rejected until the registry says so.
+      if (verdict === 'stale-incarnation') this.refreshRegistrySoon();
+      return this.reject(verdict, `${source} (${f.from})`);
+    }
+    const hb = f.kind === FrameKind.HEARTBEAT ? decodeHeartbeat(f.payload) : null;
+    if (hb === null) return this.reject('unexpected-kind', source);
+    this.apply(
+      this.membership.step({
+        type: 'heartbeat',
+        nowMs: this.nowMs(),
+        from: f.from,
+        incarnation: f.fromIncarnation,
+        sentMs: hb.sentMs,
+        echoMs: hb.echoMs,
+      }),
+    );
+  }
+
+  private reject(reason: string, source: string): void {
+    const now = this.nowMs();
+    const r = this.rejected.get(reason) ?? { count: 0, loggedAtMs: -Infinity };
+    r.count++;
+    this.rejected.set(reason, r);
+    // Logged per reason and source, at most every REJECT_LOG_INTERVAL_MS: a flood from one place
+    // costs one line per interval, and a new source is always heard of.
+    const key = `${reason} ${source}`;
+    const last = this.rejectLoggedAtMs.get(key) ?? -Infinity;
+    if (now - last < REJECT_LOG_INTERVAL_MS) return;
+    if (this.rejectLoggedAtMs.size >= REJECT_LOG_SOURCES_MAX) this.rejectLoggedAtMs.clear();
+    this.rejectLoggedAtMs.set(key, now);
+    this.log.warn({ reason, source, count: r.count }, `rejected a frame from ${source}: ${reason}`);
+  }
+
+  /** This host's view of every registered host, itself included. */
+  private hostView(): Map<string, PeerView> {
+    const view = new Map<string, PeerView>();
+    for (const [name, rec] of this.hostRecords) {
+      if (name === this.opts.name) view.set(name, 'up');
+      else if (rec.state === 'left') view.set(name, 'left');
+      else view.set(name, this.membership.stateOf(name) ?? 'unknown');
+    }
+    view.set(this.opts.name, 'up');
+    return view;
+  }
+
+  // ---- reconciliation ----
+
+  reconcileSoon(): void {
+    if (this.stopping) return;
+    if (this.reconcileRunning) {
+      this.reconcileAgain = true;
+      return;
+    }
+    this.reconcileRunning = true;
+    void this.reconcile()
+      .catch((e: unknown) => this.log.error({ err: e }, 'reconcile failed'))
+      .finally(() => {
+        this.reconcileRunning = false;
+        if (this.reconcileAgain) {
+          this.reconcileAgain = false;
+          this.reconcileSoon();
+        }
+      });
+  }
+
+  private async readVms(): Promise<Map<string, VmBundle> | null> {
+    const r = await this.coord.list(VMS_PREFIX);
+    if (!r.ok) return null;
+    return bundle(r.value);
+  }
+
+  private async reconcile(): Promise<void> {
+    const vms = await this.readVms();
+    if (vms === null) return; // the coordinator is unreachable: nothing that needs it proceeds
+    const now = this.nowMs();
+    this.observeClaims(vms, now);
+    const hosts = this.hostView();
+    const loads = new Map<string, number>();
+    for (const b of vms.values()) {
+      const p = b.placement?.value.primary;
+      if (p != null && b.spec?.value.desired === 'running') loads.set(p, (loads.get(p) ?? 0) + 1);
+    }
+    const names = new Set([...vms.keys(), ...this.localVms.keys()]);
+    for (const name of names) {
+      if (this.stopping) return;
+      const b = vms.get(name) ?? emptyBundle();
+      const local = this.localVms.get(name) ?? null;
+      const seen = this.claimSeen.get(name);
+      const claim: ClaimObservation | null =
+        seen === undefined
+          ? null
+          : {
+              holder: seen.claim.holder,
+              generation: seen.claim.generation,
+              unchangedMs: now - seen.sinceMs,
+              ttlMs: seen.claim.ttlMs,
+            };
+      const actions = decide({
+        self: this.opts.name,
+        spec: b.spec?.value ?? null,
+        placement: b.placement === null ? null : { value: b.placement.value, version: b.placement.version },
+        claim,
+        hosts,
+        loads,
+        local: local === null ? null : { generation: local.generation, state: local.state },
+        claimExpiryMarginMs: this.opts.timings.claimExpiryMarginMs,
+      });
+      for (const a of actions) await this.act(name, a, b);
+    }
+  }
+
+  private observeClaims(vms: Map<string, VmBundle>, now: number): void {
+    for (const [name, b] of vms) {
+      const c = b.claim;
+      if (c === null) {
+        this.claimSeen.delete(name);
+        continue;
+      }
+      const prev = this.claimSeen.get(name);
+      const key = `${c.value.holder}/${c.value.incarnation}/${c.value.generation}/${c.value.counter}`;
+      if (prev === undefined || prev.key !== key)
+        this.claimSeen.set(name, { key, sinceMs: now, claim: c.value });
+    }
+    for (const name of this.claimSeen.keys()) if (!vms.has(name)) this.claimSeen.delete(name);
+  }
+
+  private async act(name: string, a: ReconcileAction, b: VmBundle): Promise<void> {
+    switch (a.type) {
+      case 'wait':
+        return;
+      case 'place': {
+        const r = await this.coord.put(
+          vmPlacementKey(name),
+          a.placement,
+          a.expectVersion === null ? 'absent' : { version: a.expectVersion },
+        );
+        if (!r.ok) {
+          if (r.error.code !== 'conflict') this.log.warn({ vm: name, err: r.error }, 'placement failed');
+          return;
+        }
+        this.log.info(
+          { vm: name, generation: a.placement.generation, fence: a.fence },
+          a.fence === null
+            ? `won ${name} generation ${a.placement.generation}`
+            : `won ${name} generation ${a.placement.generation}: taking it over from ${a.fence}`,
+        );
+        if (a.fence !== null) this.pendingFence.set(name, a.fence);
+        this.reconcileSoon();
+        return;
+      }
+      case 'start': {
+        const spec = b.spec?.value;
+        if (spec === undefined) return;
+        const fence = this.pendingFence.get(name);
+        if (fence !== undefined) {
+          const fenced = await this.fence(fence);
+          if (!fenced.ok) {
+            await this.writeStatus(
+              name,
+              a.generation,
+              'starting',
+              `waiting to fence ${fence}: ${fenced.message}`,
+              null,
+            );
+            return;
+          }
+          this.pendingFence.delete(name);
+        }
+        return this.startLocal(spec, a.generation);
+      }
+      case 'stop': {
+        const l = this.localVms.get(name);
+        if (l === undefined) return;
+        this.log.info(
+          { vm: name, reason: a.reason, discard: a.discardOutputs },
+          `stopping ${name}: ${a.reason}`,
+        );
+        l.stop(a.discardOutputs);
+        return;
+      }
+      case 'remove-local': {
+        const l = this.localVms.get(name);
+        if (l !== undefined && (l.state === 'running' || l.state === 'starting')) {
+          l.stop(true);
+          return; // removed once it has stopped, at a later pass
+        }
+        this.localVms.delete(name);
+        this.claimRenewedAtMs.delete(name);
+        this.outputsHeld.delete(name);
+        await rm(vmDataDir(this.opts.dataDir, name), { recursive: true, force: true });
+        this.log.info({ vm: name }, `removed ${name}'s local data`);
+        return;
+      }
+    }
+  }
+
+  /** The local fence agent: kills the old host's process, verified by its start time. */
+  private async fence(hostName: string): Promise<{ ok: true } | { ok: false; message: string }> {
+    const rec = this.hostRecords.get(hostName);
+    if (rec === undefined) return { ok: true }; // never registered, or removed: nothing runs under it
+    const r = await killVerified(
+      { pid: rec.pid, startTicks: rec.pidStartTicks, bootId: rec.bootId },
+      this.opts.timings.fenceWaitMs,
+    );
+    if (!r.ok) {
+      this.log.error({ host: hostName, reason: r.message }, `cannot fence ${hostName}: ${r.message}`);
+      return r;
+    }
+    this.log.info(
+      { host: hostName, killed: r.killed },
+      r.killed ? `fenced ${hostName} (killed pid ${rec.pid})` : `fenced ${hostName} (already gone)`,
+    );
+    return { ok: true };
+  }
+
+  private async startLocal(spec: VmSpec, generation: number): Promise<void> {
+    const name = spec.name;
+    // The claim comes first: an observer that sees it knows this host may be running the VM.
+    const counter = (this.claimCounter.get(name) ?? 0) + 1;
+    this.claimCounter.set(name, counter);
+    const renewStart = this.nowMs();
+    const claim: VmClaim = {
+      v: 1,
+      holder: this.opts.name,
+      incarnation: this.incarnation,
+      generation,
+      counter,
+      ttlMs: this.opts.timings.claimTtlMs,
+    };
+    const c = await this.coord.put(vmClaimKey(name), claim, 'any');
+    if (!c.ok) return;
+    // Then the placement is read again: a takeover between our decision and the claim wins.
+    const p = await this.coord.get<VmPlacement>(vmPlacementKey(name));
+    if (
+      !p.ok ||
+      p.value === null ||
+      p.value.value.primary !== this.opts.name ||
+      p.value.value.generation !== generation
+    )
+      return;
+    this.claimRenewedAtMs.set(name, renewStart);
+    const l = new LocalVm(spec, generation, this.opts.dataDir, this.opts.cacheDir, (e) => {
+      void this.writeStatus(name, generation, e.state, e.message, e.exitCode);
+      if (e.state === 'stopped' || e.state === 'failed') {
+        this.log.info(
+          { vm: name, state: e.state, message: e.message },
+          `${name} ${e.state}: ${e.message ?? ''}`,
+        );
+        this.reconcileSoon();
+      } else if (e.state === 'running')
+        this.log.info({ vm: name, generation }, `${name} running at ${spec.listen}`);
+    });
+    this.localVms.set(name, l);
+    this.outputsHeld.delete(name);
+    // Not awaited: loading a module can take seconds, and the other VMs' reconciliation must not wait.
+    void l.start();
+  }
+
+  private async writeStatus(
+    name: string,
+    generation: number,
+    state: VmStatusRecord['state'],
+    message: string | null,
+    exitCode: number | null,
+  ): Promise<void> {
+    const rec: VmStatusRecord = { v: 1, host: this.opts.name, generation, state, message, exitCode };
+    // Only the current primary's report counts; readers check host and generation.
+    const r = await this.coord.put(vmStatusKey(name), rec, 'any');
+    if (!r.ok) this.log.warn({ vm: name, err: r.error }, 'cannot write the VM status');
+  }
+
+  // ---- claims ----
+
+  private async renewClaims(): Promise<void> {
+    if (this.renewRunning || this.stopping) return;
+    this.renewRunning = true;
+    try {
+      for (const [name, l] of this.localVms) {
+        if (l.state !== 'running' && l.state !== 'starting') continue;
+        const start = this.nowMs();
+        const p = await this.coord.get<VmPlacement>(vmPlacementKey(name));
+        if (!p.ok) continue;
+        const pl = p.value?.value ?? null;
+        if (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) {
+          this.log.warn({ vm: name }, `${name} lost its place (generation ${l.generation}); stopping it`);
+          this.outputsHeld.add(name);
+          l.stop(true);
+          continue;
+        }
+        const counter = (this.claimCounter.get(name) ?? 0) + 1;
+        this.claimCounter.set(name, counter);
+        const r = await this.coord.put(
+          vmClaimKey(name),
+          {
+            v: 1,
+            holder: this.opts.name,
+            incarnation: this.incarnation,
+            generation: l.generation,
+            counter,
+            ttlMs: this.opts.timings.claimTtlMs,
+          } satisfies VmClaim,
+          'any',
+        );
+        if (!r.ok) continue;
+        this.claimRenewedAtMs.set(name, start);
+        if (this.outputsHeld.delete(name)) {
+          l.holdOutputs(false);
+          this.log.info({ vm: name }, `${name}'s claim is renewed: outputs released`);
+        }
+      }
+    } finally {
+      this.renewRunning = false;
+    }
+  }
+
+  /** Holds the outputs of every VM whose claim is about to lapse (runs on every tick). */
+  private checkClaimHolds(): void {
+    const now = this.nowMs();
+    const t = this.opts.timings;
+    for (const [name, l] of this.localVms) {
+      if (this.outputsHeld.has(name) || (l.state !== 'running' && l.state !== 'starting')) continue;
+      const at = this.claimRenewedAtMs.get(name);
+      if (at === undefined || now - at < t.claimTtlMs - t.claimHoldMarginMs) continue;
+      this.outputsHeld.add(name);
+      l.holdOutputs(true);
+      this.log.warn(
+        { vm: name, sinceRenewalMs: Math.round(now - at) },
+        `${name}'s claim could not be renewed for ${Math.round(now - at)} ms: outputs held`,
+      );
+    }
+  }
+
+  // ---- the API backend ----
+
+  async listHosts(): Promise<ApiResult<HostStatus[]>> {
+    const vms = await this.readVms();
+    const view = this.hostView();
+    const peers = new Map(this.membership.peers().map((p) => [p.name, p]));
+    const out: HostStatus[] = [];
+    for (const [name, rec] of [...this.hostRecords].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const primaryOf: string[] = [];
+      for (const [vm, b] of vms ?? [])
+        if (b.placement?.value.primary === name && b.spec !== null) primaryOf.push(vm);
+      const rtt = peers.get(name)?.rttMsMedian ?? null;
+      out.push({
+        name,
+        state: view.get(name) === 'unknown' ? 'down' : (view.get(name) as HostStatus['state']),
+        api: rec.api,
+        peer: rec.peer,
+        address: rec.address,
+        pid: rec.pid,
+        vms: primaryOf,
+        heartbeatRttMs: rtt,
+      });
+    }
+    return { ok: true, value: out };
+  }
+
+  async listVms(): Promise<ApiResult<VmStatus[]>> {
+    const vms = await this.readVms();
+    if (vms === null) return unavailable();
+    const view = this.hostView();
+    const out: VmStatus[] = [];
+    for (const b of [...vms.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
+      if (b.spec === null) continue;
+      out.push(this.viewOf(b, view));
+    }
+    return { ok: true, value: out };
+  }
+
+  private viewOf(b: VmBundle, view: Map<string, PeerView>): VmStatus {
+    return vmView(
+      {
+        spec: b.spec!.value,
+        placement: b.placement?.value ?? null,
+        status: b.status?.value ?? null,
+        claim: b.claim?.value ?? null,
+      },
+      view,
+    );
+  }
+
+  async getVm(name: string): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    return { ok: true, value: this.viewOf(b.value, this.hostView()) };
+  }
+
+  private async readVm(name: string): Promise<ApiResult<VmBundle>> {
+    const r = await this.coord.list(`${VMS_PREFIX}/${name}`);
+    if (!r.ok) return unavailable();
+    const b = bundle(r.value).get(name);
+    if (b === undefined || b.spec === null) return notFound(name);
+    return { ok: true, value: b };
+  }
+
+  async createVm(req: CreateVmRequest): Promise<ApiResult<VmStatus>> {
+    const checked = await this.checkCreate(req);
+    if (!checked.ok) return checked;
+    const spec = checked.value;
+    const all = await this.readVms();
+    if (all === null) return unavailable();
+    for (const b of all.values()) {
+      if (b.spec !== null && b.spec.value.listen === spec.listen && b.spec.value.name !== spec.name)
+        return conflict(`${spec.listen} is already the address of VM ${b.spec.value.name}`);
+    }
+    const view = this.hostView();
+    let target: string | null;
+    if (req.host != null) {
+      if (view.get(req.host) !== 'up') return invalid(`host ${req.host} is not up`);
+      target = req.host;
+    } else {
+      const loads = new Map<string, number>();
+      for (const b of all.values()) {
+        const p = b.placement?.value.primary;
+        if (p != null && b.spec !== null) loads.set(p, (loads.get(p) ?? 0) + 1);
+      }
+      target = chooseHost(view, loads, null);
+    }
+    if (target === null)
+      return { ok: false, error: { code: 'unavailable', message: 'no host is up to run it' } };
+    const put = await this.coord.put(vmSpecKey(spec.name), spec, 'absent');
+    if (!put.ok)
+      return put.error.code === 'conflict' ? conflict(`VM ${spec.name} already exists`) : unavailable();
+    // A placement left by an earlier VM of the same name is replaced by a newer generation.
+    const old = all.get(spec.name)?.placement ?? null;
+    const placement: VmPlacement = {
+      v: 1,
+      generation: (old?.value.generation ?? 0) + 1,
+      primary: target,
+      backup: null,
+    };
+    const pr = await this.coord.put(
+      vmPlacementKey(spec.name),
+      placement,
+      old === null ? 'absent' : { version: old.version },
+    );
+    if (!pr.ok)
+      this.log.warn(
+        { vm: spec.name, err: pr.error },
+        'initial placement failed; reconciliation will place it',
+      );
+    this.reconcileSoon();
+    return this.getVm(spec.name);
+  }
+
+  private async checkCreate(req: CreateVmRequest): Promise<ApiResult<VmSpec>> {
+    if (!NAME_RE.test(req.name)) return invalid(`bad VM name ${JSON.stringify(req.name)}`);
+    if (req.ft === true)
+      return invalid('fault tolerance (--ft) is not available yet: it comes with the FT pair');
+    const listen = parseListen(req.listen);
+    if (typeof listen === 'string') return invalid(`listen: ${listen}`);
+    if (listen.port === 0) return invalid('listen: a VM needs a fixed port (its service address)');
+    if (!path.isAbsolute(req.wasm)) return invalid('wasm: the path must be absolute (hosts read it)');
+    let wasmBytes: Buffer;
+    try {
+      wasmBytes = await readFile(req.wasm);
+    } catch (e) {
+      return invalid(`wasm: cannot read ${req.wasm}: ${(e as Error).message}`);
+    }
+    const disk = req.disk ?? null;
+    if (disk !== null) {
+      if (!path.isAbsolute(disk)) return invalid('disk: the path must be absolute (hosts read it)');
+      const st = await stat(disk).catch(() => null);
+      if (st === null || !st.isDirectory()) return invalid(`disk: not a folder: ${disk}`);
+    }
+    for (const e of req.env ?? [])
+      if (!/^[^=]+=/.test(e)) return invalid(`env: expected K=V, got ${JSON.stringify(e)}`);
+    const memoryMaxMib = req.memoryMaxMib ?? MEMORY_MAX_MIB_DEFAULT;
+    if (!(Number.isInteger(memoryMaxMib) && memoryMaxMib >= 1 && memoryMaxMib <= MEMORY_MAX_MIB_LIMIT))
+      return invalid(`memoryMaxMib must be an integer from 1 to ${MEMORY_MAX_MIB_LIMIT}`);
+    return {
+      ok: true,
+      value: {
+        v: 1,
+        name: req.name,
+        wasmPath: req.wasm,
+        wasmSha256: createHash('sha256').update(wasmBytes).digest('hex'),
+        listen: req.listen,
+        disk,
+        env: req.env ?? [],
+        args: req.args ?? [],
+        memoryMaxMib,
+        ft: false,
+        desired: 'running',
+      },
+    };
+  }
+
+  async startVm(name: string): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    const spec = b.value.spec!;
+    const r = await this.coord.put(
+      vmSpecKey(name),
+      { ...spec.value, desired: 'running' },
+      { version: spec.version },
+    );
+    if (!r.ok)
+      return r.error.code === 'conflict'
+        ? conflict(`VM ${name} changed meanwhile; try again`)
+        : unavailable();
+    // A new generation restarts it: on the same host when that host is up, elsewhere otherwise.
+    const pl = b.value.placement;
+    const view = this.hostView();
+    const cur = pl?.value.primary ?? null;
+    const primary = cur !== null && view.get(cur) === 'up' ? cur : null;
+    const next: VmPlacement = { v: 1, generation: (pl?.value.generation ?? 0) + 1, primary, backup: null };
+    const pr = await this.coord.put(
+      vmPlacementKey(name),
+      next,
+      pl === null ? 'absent' : { version: pl.version },
+    );
+    if (!pr.ok && pr.error.code !== 'conflict') return unavailable();
+    this.reconcileSoon();
+    return this.getVm(name);
+  }
+
+  async stopVm(name: string): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    const spec = b.value.spec!;
+    const r = await this.coord.put(
+      vmSpecKey(name),
+      { ...spec.value, desired: 'stopped' },
+      { version: spec.version },
+    );
+    if (!r.ok)
+      return r.error.code === 'conflict'
+        ? conflict(`VM ${name} changed meanwhile; try again`)
+        : unavailable();
+    this.reconcileSoon();
+    return this.getVm(name);
+  }
+
+  async removeVm(name: string): Promise<ApiResult<void>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    // The spec goes first: every host then stops and cleans its copy by itself.
+    const r = await this.coord.delete(vmSpecKey(name), { version: b.value.spec!.version });
+    if (!r.ok)
+      return r.error.code === 'conflict'
+        ? conflict(`VM ${name} changed meanwhile; try again`)
+        : unavailable();
+    for (const key of [vmClaimKey(name), vmStatusKey(name)]) await this.coord.delete(key, 'any');
+    // The placement stays, with no primary and the next generation: a VM created later under the
+    // same name starts above it, so no host mistakes its old copy for the new VM's generation.
+    const pl = b.value.placement;
+    if (pl !== null) {
+      const next: VmPlacement = { v: 1, generation: pl.value.generation + 1, primary: null, backup: null };
+      await this.coord.put(vmPlacementKey(name), next, { version: pl.version });
+    }
+    this.reconcileSoon();
+    return { ok: true, value: undefined };
+  }
+
+  async vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    const primary = b.value.placement?.value.primary ?? null;
+    if (primary !== null && primary !== this.opts.name) {
+      const rec = this.hostRecords.get(primary);
+      if (rec === undefined) return unavailable();
+      const client = new ApiClient({ endpoints: [rec.api], token: this.cluster.tokenHex, timeoutMs: 1500 });
+      return client.vmLogs(name, bytesMax);
+    }
+    const file = path.join(vmDataDir(this.opts.dataDir, name), 'console.log');
+    try {
+      const fh = await openFile(file, 'r');
+      try {
+        const size = (await fh.stat()).size;
+        const n = Math.min(size, bytesMax);
+        const buf = Buffer.alloc(n);
+        await fh.read(buf, 0, n, size - n);
+        return { ok: true, value: buf.toString('utf8') };
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ok: true, value: '' };
+      return { ok: false, error: { code: 'internal', message: (e as Error).message } };
+    }
+  }
+
+  // ---- stopping ----
+
+  /** A clean stop: VMs stop, the host is marked as left, handles close. Idempotent. */
+  async shutdown(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    const stopped: Promise<void>[] = [];
+    for (const l of this.localVms.values()) {
+      if (l.state !== 'running' && l.state !== 'starting') continue;
+      stopped.push(
+        new Promise<void>((resolve) => {
+          const poll = setInterval(() => {
+            if (l.state === 'stopped' || l.state === 'failed') {
+              clearInterval(poll);
+              resolve();
+            }
+          }, 20);
+        }),
+      );
+      l.stop(false);
+    }
+    await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 10_000))]);
+    if (this.apiAddress !== '') await this.register('left');
+    await this.apiClose?.();
+    this.udp.close();
+    await this.coord.close();
+  }
+}
+
+// ---- helpers ----
+
+interface VmBundle {
+  name: string;
+  spec: Versioned<VmSpec> | null;
+  placement: Versioned<VmPlacement> | null;
+  claim: Versioned<VmClaim> | null;
+  status: Versioned<VmStatusRecord> | null;
+}
+
+function emptyBundle(): VmBundle {
+  return { name: '', spec: null, placement: null, claim: null, status: null };
+}
+
+/** Groups `vms/NAME/PART` records by VM name. */
+function bundle(records: Versioned[]): Map<string, VmBundle> {
+  const out = new Map<string, VmBundle>();
+  for (const r of records) {
+    const parts = r.key.split('/');
+    if (parts.length !== 3 || parts[0] !== VMS_PREFIX) continue;
+    const name = parts[1]!;
+    const b = out.get(name) ?? { ...emptyBundle(), name };
+    const v = r.value as { v?: number };
+    if (v?.v !== 1) continue;
+    if (parts[2] === 'spec') b.spec = r as Versioned<VmSpec>;
+    else if (parts[2] === 'placement') b.placement = r as Versioned<VmPlacement>;
+    else if (parts[2] === 'claim') b.claim = r as Versioned<VmClaim>;
+    else if (parts[2] === 'status') b.status = r as Versioned<VmStatusRecord>;
+    out.set(name, b);
+  }
+  return out;
+}
+
+async function ensureCluster(
+  coord: Coordinator,
+): Promise<{ ok: true; value: ClusterRecord } | { ok: false; message: string }> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const got = await coord.get<ClusterRecord>(KEY_CLUSTER);
+    if (!got.ok) return { ok: false, message: `coordinator ${coord.description}: ${got.error.message}` };
+    if (got.value !== null) {
+      if (got.value.value.v !== 1)
+        return { ok: false, message: 'the cluster record has an unknown format version' };
+      return { ok: true, value: got.value.value };
+    }
+    // The first host creates the cluster's secrets; a racing first host loses and reads them.
+    const rec: ClusterRecord = {
+      v: 1,
+      clusterId: randomBytes(16).toString('hex'),
+      secretHex: randomBytes(32).toString('hex'),
+      tokenHex: randomBytes(32).toString('hex'),
+    };
+    const put = await coord.put(KEY_CLUSTER, rec, 'absent');
+    if (put.ok) return { ok: true, value: rec };
+    if (put.error.code !== 'conflict')
+      return { ok: false, message: `coordinator ${coord.description}: ${put.error.message}` };
+  }
+  return { ok: false, message: 'could not read or create the cluster record' };
+}
+
+function fail(code: HostStartError['code'], message: string): { ok: false; error: HostStartError } {
+  return { ok: false, error: { code, message } };
+}
+function unavailable(): { ok: false; error: { code: 'unavailable'; message: string } } {
+  return { ok: false, error: { code: 'unavailable', message: 'the coordinator cannot be reached' } };
+}
+function notFound(name: string): { ok: false; error: { code: 'not-found'; message: string } } {
+  return { ok: false, error: { code: 'not-found', message: `no VM named ${name}` } };
+}
+function conflict(message: string): { ok: false; error: { code: 'conflict'; message: string } } {
+  return { ok: false, error: { code: 'conflict', message } };
+}
+function invalid(message: string): { ok: false; error: { code: 'invalid'; message: string } } {
+  return { ok: false, error: { code: 'invalid', message } };
+}
+
+export { bootId };
