@@ -332,7 +332,8 @@ export const RECORD_REPLAY_COMPLETENESS: Record<WasiFunctionName, CompletenessRo
     replayed:
       'the events are rebuilt from the subscriptions and the logged items, without waiting; errno checked',
     outputs: [],
-    guests: ['clocks_random', 'poll', 'sockets', 'wasi_direct', 'kv', 'sessions'],
+    // Not 'sockets': it polls only when its 1 MiB send meets a full buffer, which depends on timing.
+    guests: ['clocks_random', 'poll', 'wasi_direct', 'kv', 'sessions'],
   },
   proc_exit: {
     recorded: [performed('always; the record has no errno, the exit code is an argument')],
