@@ -9,10 +9,15 @@
  * test files never collide.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import type net from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { BIN, CACHE_DIR, ROOT, runCollected, tempDir, type RunResult } from './harness.js';
+import { BIN, CACHE_DIR, ROOT, repoPath, runCollected, tempDir, type RunResult } from './harness.js';
+import type { VmStatus } from '../../src/api/backend.js';
+
+/** The example KV server (Redis protocol) that the cluster tests place on hosts. */
+export const KV = repoPath('examples', 'kv', 'kv.wasm');
 
 const liveChildren = new Set<ChildProcess>();
 let hooked = false;
@@ -128,6 +133,8 @@ export interface LocalCluster {
   /** Runs the CLI and parses its stdout's last line as JSON (asserting exit 0). */
   cliJson<T = unknown>(args: string[], timeoutMs?: number): Promise<T>;
   addHost(name: string, extraArgs?: string[]): Promise<HostProc>;
+  /** `vm create NAME --wasm KV --listen IP:6379 --disk (a fresh empty image) [--host HOST]`, waiting for it to serve. */
+  createKv(o: { name?: string; ip: string; host?: string; extraArgs?: string[] }): Promise<VmStatus>;
   close(): Promise<void>;
 }
 
@@ -169,6 +176,23 @@ export async function startCluster(o: {
       return JSON.parse(lines[lines.length - 1]!) as T;
     },
     addHost,
+    createKv(k) {
+      mkdirSync(path.join(tmp.dir, 'images'), { recursive: true });
+      const disk = mkdtempSync(path.join(tmp.dir, 'images', 'kv-'));
+      return cluster.cliJson<VmStatus>([
+        'vm',
+        'create',
+        k.name ?? 'kv',
+        '--wasm',
+        KV,
+        '--listen',
+        `${k.ip}:6379`,
+        '--disk',
+        disk,
+        ...(k.host !== undefined ? ['--host', k.host] : []),
+        ...(k.extraArgs ?? []),
+      ]);
+    },
     async close() {
       await Promise.all(hosts.map((h) => h.stop('SIGTERM', 10_000)));
       tmp.cleanup();
@@ -206,4 +230,40 @@ export async function waitUntil<T>(
   throw new Error(
     `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${String(lastError)}` : ''}`,
   );
+}
+
+/** A RESP client connection whose received bytes accumulate, so nothing arriving between reads is lost. */
+export class RespClient {
+  private got = '';
+  private waiter: (() => void) | null = null;
+  constructor(readonly s: net.Socket) {
+    s.on('data', (b: Buffer) => {
+      this.got += b.toString();
+      this.waiter?.();
+    });
+  }
+  /** Resolves with the next line (CRLF included), or '' if none arrives within waitMs. */
+  line(waitMs: number): Promise<string> {
+    return new Promise((resolve) => {
+      const take = (): boolean => {
+        const i = this.got.indexOf('\r\n');
+        if (i < 0) return false;
+        const l = this.got.slice(0, i + 2);
+        this.got = this.got.slice(i + 2);
+        clearTimeout(t);
+        this.waiter = null;
+        resolve(l);
+        return true;
+      };
+      const t = setTimeout(() => {
+        this.waiter = null;
+        resolve('');
+      }, waitMs);
+      if (!take()) this.waiter = () => void take();
+    });
+  }
+  ping(waitMs: number): Promise<string> {
+    this.s.write('PING\r\n');
+    return this.line(waitMs);
+  }
 }

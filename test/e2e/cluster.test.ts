@@ -14,14 +14,12 @@ import path from 'node:path';
 import dgram from 'node:dgram';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { BIN, CACHE_DIR, repoPath, runCollected, tempDir } from './harness.js';
-import { serviceIp, startCluster, waitUntil, type LocalCluster } from './cluster-harness.js';
+import { BIN, CACHE_DIR, runCollected, tempDir } from './harness.js';
+import { KV, serviceIp, startCluster, waitUntil, type LocalCluster } from './cluster-harness.js';
 import type { VmStatus, HostStatus } from '../../src/api/backend.js';
 import { encodeFrame, FrameKind } from '../../src/cluster/frame.js';
 import { openCoordinator } from '../../src/coord/open.js';
 import { KEY_CLUSTER, hostKey, type ClusterRecord, type HostRecord } from '../../src/coord/records.js';
-
-const KV = repoPath('examples', 'kv', 'kv.wasm');
 
 function redis(ip: string, port: number, ...args: string[]): Promise<string> {
   return runCollected('redis-cli', ['-h', ip, '-p', String(port), ...args], { timeoutMs: 10_000 }).then(
@@ -341,21 +339,7 @@ test(
     const c = await startCluster({ hosts: 3, profile: 'fast', prefix: 'clha' });
     t.after(() => c.close());
     const ip = serviceIp(20);
-    const disk = path.join(c.dir, 'image');
-    mkdirSync(disk);
-    const vm = await c.cliJson<VmStatus>([
-      'vm',
-      'create',
-      'kv',
-      '--wasm',
-      KV,
-      '--listen',
-      `${ip}:6379`,
-      '--disk',
-      disk,
-      '--host',
-      'h1',
-    ]);
+    const vm = await c.createKv({ ip, host: 'h1' });
     assert.equal(vm.primary, 'h1');
     assert.equal(vm.generation, 1);
     assert.equal(await redis(ip, 6379, 'PING'), 'PONG');
@@ -386,21 +370,7 @@ test(
     const c = await startCluster({ hosts: 3, prefix: 'clstop' });
     t.after(() => c.close());
     const ip = serviceIp(30);
-    const disk = path.join(c.dir, 'image');
-    mkdirSync(disk);
-    const vm = await c.cliJson<VmStatus>([
-      'vm',
-      'create',
-      'kv',
-      '--wasm',
-      KV,
-      '--listen',
-      `${ip}:6379`,
-      '--disk',
-      disk,
-      '--host',
-      'h2',
-    ]);
+    const vm = await c.createKv({ ip, host: 'h2' });
     const h2 = c.hosts[1]!;
     // Load on the VM and on the machine while the host is paused, three times.
     const load = runCollected(

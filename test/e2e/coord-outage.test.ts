@@ -21,47 +21,11 @@ import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { repoPath, tempDir } from './harness.js';
-import { serviceIp, startCluster, waitUntil } from './cluster-harness.js';
+import { RespClient, serviceIp, startCluster, waitUntil } from './cluster-harness.js';
 import type { VmStatus } from '../../src/api/backend.js';
 import { startEtcd } from './etcd.js';
 
 const KV = repoPath('examples', 'kv', 'kv.wasm');
-
-/** A client connection whose received bytes accumulate, so nothing arriving between reads is lost. */
-class Client {
-  private got = '';
-  private waiter: (() => void) | null = null;
-  constructor(readonly s: net.Socket) {
-    s.on('data', (b: Buffer) => {
-      this.got += b.toString();
-      this.waiter?.();
-    });
-  }
-  /** Resolves with the next line (CRLF included), or '' if none arrives within waitMs. */
-  line(waitMs: number): Promise<string> {
-    return new Promise((resolve) => {
-      const take = (): boolean => {
-        const i = this.got.indexOf('\r\n');
-        if (i < 0) return false;
-        const l = this.got.slice(0, i + 2);
-        this.got = this.got.slice(i + 2);
-        clearTimeout(t);
-        this.waiter = null;
-        resolve(l);
-        return true;
-      };
-      const t = setTimeout(() => {
-        this.waiter = null;
-        resolve('');
-      }, waitMs);
-      if (!take()) this.waiter = () => void take();
-    });
-  }
-  ping(waitMs: number): Promise<string> {
-    this.s.write('PING\r\n');
-    return this.line(waitMs);
-  }
-}
 
 test(
   'file: coordinator read-only: outputs held, no takeover, no create; released when it is back',
@@ -85,26 +49,12 @@ test(
     execFileSync(ns[0]!, [...ns.slice(1), 'mount', '--bind', coordDir, coordDir]);
     c = await startCluster({ hosts: 2, coordinator: `file:${coordDir}`, wrap: ns, prefix: 'outagec' });
     const ip = serviceIp(40);
-    const disk = path.join(tmp.dir, 'image');
-    mkdirSync(disk);
-    const vm = await c.cliJson<VmStatus>([
-      'vm',
-      'create',
-      'kv',
-      '--wasm',
-      KV,
-      '--listen',
-      `${ip}:6379`,
-      '--disk',
-      disk,
-      '--host',
-      'h1',
-    ]);
+    const vm = await c.createKv({ ip, host: 'h1' });
     assert.equal(vm.state, 'running');
     const sock = net.connect({ host: ip, port: 6379 });
     t.after(() => sock.destroy());
     await new Promise((r, j) => sock.once('connect', r).once('error', j));
-    const client = new Client(sock);
+    const client = new RespClient(sock);
     assert.equal(await client.ping(5000), '+PONG\r\n');
 
     execFileSync(ns[0]!, [...ns.slice(1), 'mount', '-o', 'remount,bind,ro', coordDir]);
@@ -195,25 +145,11 @@ test(
     t.diagnostic(`setup: etcd ${etcd.spec} (data ${etcd.dataDir}), two hosts`);
     c = await startCluster({ hosts: 2, coordinator: etcd.spec, prefix: 'outagee' });
     const ip = serviceIp(45);
-    const disk = path.join(tmp.dir, 'image');
-    mkdirSync(disk);
-    const vm = await c.cliJson<VmStatus>([
-      'vm',
-      'create',
-      'kv',
-      '--wasm',
-      KV,
-      '--listen',
-      `${ip}:6379`,
-      '--disk',
-      disk,
-      '--host',
-      'h1',
-    ]);
+    const vm = await c.createKv({ ip, host: 'h1' });
     const sock = net.connect({ host: ip, port: 6379 });
     t.after(() => sock.destroy());
     await new Promise((r, j) => sock.once('connect', r).once('error', j));
-    const client = new Client(sock);
+    const client = new RespClient(sock);
     assert.equal(await client.ping(5000), '+PONG\r\n');
 
     await etcd.kill();
