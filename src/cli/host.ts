@@ -11,7 +11,7 @@ import { Option, type Command } from 'commander';
 import path from 'node:path';
 import { pino } from 'pino';
 import { HostDaemon } from '../host/daemon.js';
-import { HOST_PROFILES, checkTimings } from '../host/timings.js';
+import { HOST_PROFILES, TIMING_KEYS, applyTimingOverrides } from '../host/timings.js';
 import { hostKey, type HostRecord } from '../coord/records.js';
 import { killVerified } from '../host/proc.js';
 import { addAccessOptions, CliError, openCoordinatorForCli, runCli, type AccessOptions } from './access.js';
@@ -25,6 +25,11 @@ interface HostStartOptions {
   profile: 'default' | 'fast';
   logLevel: string;
   clusterSecretOverride?: string;
+  timing: string[];
+}
+
+function collect(v: string, acc: string[]): string[] {
+  return [...acc, v];
 }
 
 export function addHostCommands(program: Command): void {
@@ -48,6 +53,12 @@ export function addHostCommands(program: Command): void {
       new Option('--log-level <level>', 'log level on stderr')
         .choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
         .default('info'),
+    )
+    .option(
+      '--timing <key=ms>',
+      `override one timing setting of the profile (repeatable); keys: ${TIMING_KEYS.join(', ')}`,
+      collect,
+      [],
     )
     .addOption(new Option('--cluster-secret-override <hex>', 'testing only: use a wrong secret').hideHelp())
     .action((o: HostStartOptions) => runCli(() => hostStart(o)));
@@ -73,9 +84,8 @@ async function hostStart(o: HostStartOptions): Promise<void> {
   const api = parseHostPort(o.api, '--api');
   if (o.clusterSecretOverride !== undefined && !/^[0-9a-f]{64}$/.test(o.clusterSecretOverride))
     throw new CliError('--cluster-secret-override: 64 hex digits', 2);
-  const timings = HOST_PROFILES[o.profile];
-  const bad = checkTimings(timings);
-  if (bad !== null) throw new CliError(`timings: ${bad}`);
+  const timings = applyTimingOverrides(HOST_PROFILES[o.profile], o.timing);
+  if (typeof timings === 'string') throw new CliError(timings, 2);
   const logger = pino(
     { level: o.logLevel, base: { host: o.name }, timestamp: pino.stdTimeFunctions.isoTime },
     pino.destination({ fd: 2, sync: true }),

@@ -13,7 +13,7 @@
  * - A renewal attempt ends (by the coordinator's op timeout) well before the
  *   holder would have to hold: claimRenewMs + coordOpTimeoutMs < TTL − margin.
  */
-import { MEMBERSHIP_PROFILES, type MembershipConfig } from '../cluster/membership.js';
+import { MEMBERSHIP_PROFILES, timingsProblem, type MembershipConfig } from '../cluster/membership.js';
 
 export interface HostTimings {
   membership: MembershipConfig;
@@ -65,8 +65,46 @@ export const HOST_PROFILES: Record<'default' | 'fast', HostTimings> = {
 
 /** Returns a message naming the first broken rule, or null when the timings are consistent. */
 export function checkTimings(t: HostTimings): string | null {
+  const m = timingsProblem(t.membership);
+  if (m !== null) return m;
   if (t.claimRenewMs + t.coordOpTimeoutMs >= t.claimTtlMs - t.claimHoldMarginMs)
     return 'claimRenewMs + coordOpTimeoutMs must be below claimTtlMs - claimHoldMarginMs';
   if (t.claimHoldMarginMs <= 0 || t.claimExpiryMarginMs <= 0) return 'claim margins must be positive';
   return null;
+}
+
+const MEMBERSHIP_KEYS = ['heartbeatIntervalMs', 'suspectAfterMs', 'failAfterMs'] as const;
+const HOST_KEYS = [
+  'registryRefreshMs',
+  'reconcileIntervalMs',
+  'claimRenewMs',
+  'claimTtlMs',
+  'claimHoldMarginMs',
+  'claimExpiryMarginMs',
+  'coordOpTimeoutMs',
+  'fenceWaitMs',
+] as const;
+/** Every setting `--timing KEY=MS` may change. */
+export const TIMING_KEYS: readonly string[] = [...MEMBERSHIP_KEYS, ...HOST_KEYS];
+/** No timing may exceed this: a typo of a few zeros should not make a host wait for days. */
+export const TIMING_MS_MAX = 600_000;
+
+/**
+ * Applies `KEY=MS` overrides to a profile. Returns the new timings, or a message naming the bad
+ * override or the rule the result breaks.
+ */
+export function applyTimingOverrides(base: HostTimings, overrides: readonly string[]): HostTimings | string {
+  const t: HostTimings = { ...base, membership: { ...base.membership } };
+  for (const o of overrides) {
+    const m = /^([A-Za-z]+)=(\d+)$/.exec(o);
+    if (m === null) return `--timing ${JSON.stringify(o)}: expected KEY=MS`;
+    const [, key, value] = m as unknown as [string, string, string];
+    const ms = Number(value);
+    if (!(ms >= 1 && ms <= TIMING_MS_MAX)) return `--timing ${key}: ${ms} is outside 1..${TIMING_MS_MAX} ms`;
+    if ((MEMBERSHIP_KEYS as readonly string[]).includes(key))
+      t.membership[key as (typeof MEMBERSHIP_KEYS)[number]] = ms;
+    else if ((HOST_KEYS as readonly string[]).includes(key)) t[key as (typeof HOST_KEYS)[number]] = ms;
+    else return `--timing ${key}: unknown; one of ${TIMING_KEYS.join(', ')}`;
+  }
+  return checkTimings(t) ?? t;
 }
