@@ -85,7 +85,7 @@ import {
 } from '../cluster/reconcile.js';
 import { vmView } from '../cluster/vm-view.js';
 import { LocalVm, vmDataDir } from './local-vm.js';
-import { bootId, killVerified, selfIdentity } from './proc.js';
+import { killVerified, liveness, selfIdentity } from './proc.js';
 import type { HostTimings } from './timings.js';
 import { MEMORY_MAX_MIB_DEFAULT, MEMORY_MAX_MIB_LIMIT } from '../vm/vm.js';
 import { parseListen } from '../io/net-device.js';
@@ -186,7 +186,6 @@ export class HostDaemon implements HostBackend {
     if (!existing.ok) return closeOnFail(fail('coordinator', `coordinator: ${existing.error.message}`));
     if (existing.value !== null && existing.value.value.state === 'up') {
       const rec = existing.value.value;
-      const { liveness } = await import('./proc.js');
       if (liveness({ pid: rec.pid, startTicks: rec.pidStartTicks, bootId: rec.bootId }) === 'alive')
         return closeOnFail(fail('conflict', `host ${opts.name} already runs as pid ${rec.pid}`));
     }
@@ -1052,5 +1051,3 @@ function conflict(message: string): { ok: false; error: { code: 'conflict'; mess
 function invalid(message: string): { ok: false; error: { code: 'invalid'; message: string } } {
   return { ok: false, error: { code: 'invalid', message } };
 }
-
-export { bootId };

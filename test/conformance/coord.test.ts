@@ -31,8 +31,12 @@ import type { GenRecord, ParentMessage, WorkerMessage } from './race-worker.js';
 const WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'race-worker.js');
 /** The time limit used where the suite measures how fast 'unavailable' comes. */
 const OUTAGE_OP_TIMEOUT_MS = 1000;
-/** How late after its time limit an 'unavailable' may arrive (event-loop and process scheduling on a busy machine). */
-const LATENESS_MS = 700;
+/**
+ * How late after its time limit an 'unavailable' may arrive. The point is that a call never hangs,
+ * not how fast it fails: the margin is wide, because a CI machine running other suites can delay
+ * timers and processes by seconds.
+ */
+const LATENESS_MS = 5000;
 const RACE_WORKERS = 4;
 
 interface Outage {

@@ -17,7 +17,7 @@
  * - The ports are printed on stderr, so a failing run can be investigated.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -228,6 +228,23 @@ class EtcdInstance implements EtcdServer {
 
   pause(): void {
     this.signal('SIGSTOP');
+    // SIGSTOP takes effect asynchronously; a call sent before every etcd thread has stopped could
+    // still be answered. Wait (bounded) until the kernel reports the process as stopped.
+    const pid = this.etcdPid;
+    if (pid === null) return;
+    const deadline = performance.now() + 2000;
+    while (performance.now() < deadline) {
+      let state = '';
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      } catch {
+        return; // gone: nothing answers either
+      }
+      if (state === 'T' || state === 't') return;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+    throw new Error(`etcd ${this.name} (pid ${pid}) did not stop within 2 s of SIGSTOP`);
   }
 
   resume(): void {
