@@ -14,6 +14,7 @@ import { HostDaemon } from '../host/daemon.js';
 import { HOST_PROFILES, TIMING_KEYS, applyTimingOverrides } from '../host/timings.js';
 import { hostKey, type HostRecord } from '../coord/records.js';
 import { killVerified } from '../host/proc.js';
+import { parseFenceSpec } from '../host/fence.js';
 import { addAccessOptions, CliError, openCoordinatorForCli, runCli, type AccessOptions } from './access.js';
 
 interface HostStartOptions {
@@ -26,6 +27,7 @@ interface HostStartOptions {
   logLevel: string;
   clusterSecretOverride?: string;
   timing: string[];
+  fence: string;
 }
 
 function collect(v: string, acc: string[]): string[] {
@@ -60,6 +62,11 @@ export function addHostCommands(program: Command): void {
       collect,
       [],
     )
+    .option(
+      '--fence <agent>',
+      'how a host taking over from this one fences it: local (kill -9 on this machine) or command:/PATH',
+      'local',
+    )
     .addOption(new Option('--cluster-secret-override <hex>', 'testing only: use a wrong secret').hideHelp())
     .action((o: HostStartOptions) => runCli(() => hostStart(o)));
 
@@ -86,6 +93,8 @@ async function hostStart(o: HostStartOptions): Promise<void> {
     throw new CliError('--cluster-secret-override: 64 hex digits', 2);
   const timings = applyTimingOverrides(HOST_PROFILES[o.profile], o.timing);
   if (typeof timings === 'string') throw new CliError(timings, 2);
+  const fence = parseFenceSpec(o.fence);
+  if (typeof fence === 'string') throw new CliError(fence, 2);
   const logger = pino(
     { level: o.logLevel, base: { host: o.name }, timestamp: pino.stdTimeFunctions.isoTime },
     pino.destination({ fd: 2, sync: true }),
@@ -99,6 +108,7 @@ async function hostStart(o: HostStartOptions): Promise<void> {
     timings,
     logger,
     secretOverrideHex: o.clusterSecretOverride ?? null,
+    fence,
     ...(process.env['LOCKSTEP_CACHE_DIR'] ? { cacheDir: process.env['LOCKSTEP_CACHE_DIR'] } : {}),
   });
   if (!started.ok) throw new CliError(started.error.message, started.error.code === 'usage' ? 2 : 1);

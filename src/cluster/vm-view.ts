@@ -38,7 +38,8 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
   let reason: string | null = null;
   if (current !== null) {
     state = current.state;
-    if (state === 'failed' || state === 'stopped') reason = current.message;
+    // A failure or stop says why; a start that waits (for a fence, say) says what for.
+    if (state === 'failed' || state === 'stopped' || state === 'starting') reason = current.message;
   } else if (spec.desired === 'running') {
     state = 'starting';
     reason = primary === null ? 'waiting for a host' : null;

@@ -62,6 +62,8 @@ export interface HostRecord {
   state: 'up' | 'left';
   /** Wall-clock ms of the start, for people only; nothing decides on it. */
   startedAtMs: number;
+  /** How a host taking over from this one fences it (src/host/fence.ts); absent means local. */
+  fence?: { agent: 'local' } | { agent: 'command'; command: string };
 }
 
 export type DesiredState = 'running' | 'stopped';

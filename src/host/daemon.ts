@@ -85,7 +85,8 @@ import {
 } from '../cluster/reconcile.js';
 import { vmView } from '../cluster/vm-view.js';
 import { LocalVm, vmDataDir } from './local-vm.js';
-import { killVerified, liveness, selfIdentity } from './proc.js';
+import { liveness, selfIdentity } from './proc.js';
+import { fenceHost, type FenceSpec } from './fence.js';
 import type { HostTimings } from './timings.js';
 import { MEMORY_MAX_MIB_DEFAULT, MEMORY_MAX_MIB_LIMIT } from '../vm/vm.js';
 import { parseListen } from '../io/net-device.js';
@@ -104,6 +105,8 @@ export interface HostOptions {
   cacheDir?: string;
   /** Monotonic milliseconds. */
   nowMs?: () => number;
+  /** How other hosts fence this one; local by default. */
+  fence?: FenceSpec;
 }
 
 export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'; message: string };
@@ -282,6 +285,7 @@ export class HostDaemon implements HostBackend {
       arch: process.arch,
       state,
       startedAtMs: Date.now(),
+      fence: this.opts.fence ?? { agent: 'local' },
     };
     const r = await this.coord.put(hostKey(this.opts.name), rec, 'any');
     return r.ok ? { ok: true } : { ok: false, message: r.error.message };
@@ -559,22 +563,16 @@ export class HostDaemon implements HostBackend {
     }
   }
 
-  /** The local fence agent: kills the old host's process, verified by its start time. */
+  /** Runs the old host's fence agent (local unless its registration names another). */
   private async fence(hostName: string): Promise<{ ok: true } | { ok: false; message: string }> {
     const rec = this.hostRecords.get(hostName);
     if (rec === undefined) return { ok: true }; // never registered, or removed: nothing runs under it
-    const r = await killVerified(
-      { pid: rec.pid, startTicks: rec.pidStartTicks, bootId: rec.bootId },
-      this.opts.timings.fenceWaitMs,
-    );
+    const r = await fenceHost(rec, this.opts.timings.fenceWaitMs);
     if (!r.ok) {
       this.log.error({ host: hostName, reason: r.message }, `cannot fence ${hostName}: ${r.message}`);
       return r;
     }
-    this.log.info(
-      { host: hostName, killed: r.killed },
-      r.killed ? `fenced ${hostName} (killed pid ${rec.pid})` : `fenced ${hostName} (already gone)`,
-    );
+    this.log.info({ host: hostName, detail: r.detail }, `fenced ${hostName} (${r.detail})`);
     return { ok: true };
   }
 

@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, existsSync } from 'node:fs';
+import { mkdirSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import dgram from 'node:dgram';
 import { spawn } from 'node:child_process';
@@ -496,3 +496,68 @@ test('every cluster command has --help', { timeout: 60_000 }, async () => {
   assert.equal(r.code, 2);
   assert.match(r.stderr, /--coordinator/);
 });
+
+test(
+  'a paused host is taken over only once its command fence agent succeeds (fast profile)',
+  { timeout: 180_000 },
+  async (t) => {
+    const c = await startCluster({ hosts: 2, profile: 'fast', prefix: 'clfence' });
+    t.after(() => c.close());
+    // The agent stands in for a remote power switch: it refuses until the test allows it, then
+    // kills the host it is given.
+    const marker = path.join(c.dir, 'fenced.txt');
+    const allow = path.join(c.dir, 'allow-fencing');
+    const agent = path.join(c.dir, 'fence.sh');
+    writeFileSync(
+      agent,
+      [
+        '#!/bin/sh',
+        `if [ ! -e ${allow} ]; then echo "not allowed yet"; exit 1; fi`,
+        `echo "$LOCKSTEP_FENCE_HOST $LOCKSTEP_FENCE_PID" >> ${marker}`,
+        'kill -9 "$LOCKSTEP_FENCE_PID"',
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+    const h3 = await c.addHost('h3', ['--fence', `command:${agent}`]);
+    const ip = serviceIp(60);
+    const vm = await c.createKv({ ip, host: 'h3' });
+    assert.equal(vm.primary, 'h3');
+    t.diagnostic(
+      `setup: 3 hosts, fast profile; h3 (pid ${h3.pid}) runs kv at ${ip}:6379 and is fenced by ${agent}`,
+    );
+    process.kill(h3.pid, 'SIGSTOP');
+    t.after(() => {
+      try {
+        process.kill(h3.pid, 'SIGCONT');
+      } catch {
+        // Already fenced.
+      }
+    });
+    // Detection and the claim's expiry pass, a host wins the next generation, and the agent refuses:
+    // the VM must not start anywhere, and its status says why.
+    const waiting = await waitUntil(
+      'the takeover to wait for the fence',
+      async () => {
+        const s = await c.cliJson<VmStatus>(['vm', 'show', 'kv']);
+        return s.primary !== 'h3' && /waiting to fence h3/.test(s.reason ?? '') ? s : undefined;
+      },
+      60_000,
+    );
+    assert.match(waiting.reason ?? '', /not allowed yet/);
+    assert.notEqual(waiting.state, 'running');
+    writeFileSync(allow, '');
+    const moved = await waitUntil(
+      'kv to run on the host that fenced h3',
+      async () => {
+        const s = await c.cliJson<VmStatus>(['vm', 'show', 'kv']);
+        return s.state === 'running' ? s : undefined;
+      },
+      60_000,
+    );
+    assert.equal(moved.primary, waiting.primary);
+    assert.equal(readFileSync(marker, 'utf8').trim(), `h3 ${h3.pid}`);
+    assert.equal(await redis(ip, 6379, 'PING'), 'PONG');
+    assert.notEqual((await h3.exited).signal, null);
+  },
+);
