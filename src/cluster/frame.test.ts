@@ -2,7 +2,8 @@
 // rejection reason, fuzzing with random bytes and with every single-bit flip
 // and truncation of valid frames (all must be refused, none may throw), the
 // stream framing of peekFrameLength, the replay window against a naive model,
-// the heartbeat payload, and a frame's trip through a real UDP socket (PeerUdp).
+// the heartbeat payload, a frame's trip through a real UDP socket (PeerUdp),
+// and the FT logging channel's payloads (exact bytes, truncations, fuzzing).
 //
 // The randomized tests print their seed; set LOCKSTEP_TEST_SEED to replay one.
 import { test } from 'node:test';
@@ -23,6 +24,26 @@ import {
   peekFrameLength,
   type Frame,
   type ReplayVerdict,
+} from './frame.js';
+import {
+  FT_FLAGS_MAX,
+  FT_REASON_BYTES_MAX,
+  FT_VERSION,
+  FtRefuseCode,
+  decodeFtAck,
+  decodeFtHello,
+  decodeFtLog,
+  decodeFtRefuse,
+  decodeFtWelcome,
+  encodeFtAck,
+  encodeFtHello,
+  encodeFtLog,
+  encodeFtRefuse,
+  encodeFtWelcome,
+  ftChannelOf,
+  ftSessionKey,
+  type FtHello,
+  type FtWelcome,
 } from './frame.js';
 import { Prng, testSeed } from '../core/prng.js';
 import { PeerUdp, parseHostPort } from '../io/peer-udp.js';
@@ -403,5 +424,198 @@ test('parseHostPort', () => {
   assert.deepEqual(parseHostPort('localhost:1'), { host: 'localhost', port: 1 });
   for (const bad of ['127.0.0.1', '127.0.0.1:0', '127.0.0.1:65536', '::1:4000', '[nothex]:1', ':80', 'a:b']) {
     assert.equal(parseHostPort(bad), null, bad);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The FT logging channel's payloads (docs/FT-CHANNEL.md)
+// ---------------------------------------------------------------------------
+
+const FT_FACTS = { nodeVersion: 'v20.15.0', arch: 'x64', v8Flags: ['--max-old-space-size=512', '--no-opt'] };
+const FT_HELLO: FtHello = {
+  sessionId: Buffer.alloc(16, 0xa1),
+  vm: 'kv',
+  generation: 0x1_0000_0003,
+  primaryIncarnation: INC,
+  start: { offset: 12, events: 1 },
+  facts: FT_FACTS,
+};
+const FT_WELCOME: FtWelcome = {
+  sessionId: Buffer.alloc(16, 0xa1),
+  primaryNonce: Buffer.alloc(16, 0xb2),
+  vm: 'kv',
+  generation: 3,
+  start: { offset: 12, events: 1 },
+  facts: FT_FACTS,
+};
+
+test('FT payloads have the documented bytes and round-trip', () => {
+  const u64 = (v: number): Buffer => {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(v % 2 ** 32, 0);
+    b.writeUInt32LE(Math.floor(v / 2 ** 32), 4);
+    return b;
+  };
+  const str8 = (s: string): Buffer => Buffer.concat([Buffer.of(Buffer.byteLength(s)), Buffer.from(s)]);
+  const facts = Buffer.concat([
+    str8('v20.15.0'),
+    str8('x64'),
+    Buffer.of(2),
+    str8('--max-old-space-size=512'),
+    str8('--no-opt'),
+  ]);
+  const hello = encodeFtHello(FT_HELLO);
+  assert.deepEqual(
+    hello,
+    Buffer.concat([
+      Buffer.of(FT_VERSION),
+      Buffer.alloc(16, 0xa1),
+      str8('kv'),
+      u64(0x1_0000_0003),
+      Buffer.from(INC, 'hex'),
+      u64(12),
+      u64(1),
+      facts,
+    ]),
+  );
+  const h = decodeFtHello(hello);
+  assert.ok(h.ok);
+  assert.deepEqual(
+    { ...h.hello, sessionId: [...h.hello.sessionId] },
+    { ...FT_HELLO, sessionId: [...FT_HELLO.sessionId] },
+  );
+
+  const welcome = encodeFtWelcome(FT_WELCOME);
+  assert.deepEqual(
+    welcome,
+    Buffer.concat([
+      Buffer.of(FT_VERSION),
+      Buffer.alloc(16, 0xa1),
+      Buffer.alloc(16, 0xb2),
+      str8('kv'),
+      u64(3),
+      u64(12),
+      u64(1),
+      facts,
+    ]),
+  );
+  const w = decodeFtWelcome(welcome);
+  assert.ok(w !== null);
+  assert.equal(w.vm, 'kv');
+  assert.deepEqual(w.start, FT_WELCOME.start);
+  assert.deepEqual(w.facts, FT_FACTS);
+
+  const refuse = encodeFtRefuse({
+    sessionId: Buffer.alloc(16, 0xa1),
+    code: FtRefuseCode.JOIN,
+    reason: 'différent',
+  });
+  assert.deepEqual(
+    refuse,
+    Buffer.concat([
+      Buffer.of(FT_VERSION),
+      Buffer.alloc(16, 0xa1),
+      Buffer.of(6),
+      Buffer.of(10, 0),
+      Buffer.from('différent'),
+    ]),
+  );
+  assert.deepEqual(decodeFtRefuse(refuse), {
+    sessionId: Buffer.alloc(16, 0xa1),
+    code: FtRefuseCode.JOIN,
+    reason: 'différent',
+  });
+
+  const log = encodeFtLog({ offset: 2 ** 40 + 5, events: 77, data: Uint8Array.of(9, 8, 7) });
+  assert.deepEqual(log, Buffer.concat([u64(2 ** 40 + 5), u64(77), Buffer.of(9, 8, 7)]));
+  assert.deepEqual(decodeFtLog(log), { offset: 2 ** 40 + 5, events: 77, data: Buffer.of(9, 8, 7) });
+
+  const ack = encodeFtAck({ offset: 2 ** 52, events: 3, replayed: 2 });
+  assert.deepEqual(ack, Buffer.concat([u64(2 ** 52), u64(3), u64(2)]));
+  assert.deepEqual(decodeFtAck(ack), { offset: 2 ** 52, events: 3, replayed: 2 });
+
+  // The channel is the session id's first four bytes, never 0; the key mixes both halves.
+  assert.equal(
+    ftChannelOf(Buffer.from('0102030400000000000000000000000000', 'hex').subarray(0, 16)),
+    0x04030201,
+  );
+  assert.equal(ftChannelOf(Buffer.alloc(16)), 1);
+  const k1 = ftSessionKey(KEY, Buffer.alloc(16, 1), Buffer.alloc(16, 2));
+  assert.equal(k1.byteLength, 32);
+  assert.notDeepEqual(k1, ftSessionKey(KEY, Buffer.alloc(16, 1), Buffer.alloc(16, 3)));
+  assert.notDeepEqual(k1, ftSessionKey(KEY, Buffer.alloc(16, 4), Buffer.alloc(16, 2)));
+  assert.deepEqual(
+    k1,
+    createHmac('sha256', KEY)
+      .update(
+        Buffer.concat([Buffer.from('lockstep ft session v1\0'), Buffer.alloc(16, 1), Buffer.alloc(16, 2)]),
+      )
+      .digest(),
+  );
+});
+
+test('FT payload decoders refuse what is not exactly one payload, and never throw', (t) => {
+  t.diagnostic(`seed ${SEED}`);
+  const hello = encodeFtHello(FT_HELLO);
+  const welcome = encodeFtWelcome(FT_WELCOME);
+  const refuse = encodeFtRefuse({ sessionId: Buffer.alloc(16), code: FtRefuseCode.VM, reason: 'no' });
+  // Every truncation and an extra byte are refused.
+  for (const [enc, dec] of [
+    [hello, (b: Uint8Array) => (decodeFtHello(b).ok ? 'ok' : null)],
+    [welcome, decodeFtWelcome],
+    [refuse, decodeFtRefuse],
+  ] as const) {
+    for (let n = 0; n < enc.byteLength; n++) assert.equal(dec(enc.subarray(0, n)), null, `a cut at ${n}`);
+    assert.equal(dec(Buffer.concat([enc, Buffer.of(0)])), null, 'a trailing byte');
+  }
+  assert.equal(decodeFtAck(Buffer.alloc(23)), null);
+  assert.equal(decodeFtAck(Buffer.alloc(25)), null);
+  assert.equal(decodeFtLog(Buffer.alloc(16)), null, 'an FT_LOG without data');
+  // A u64 at or past 2^53 is refused.
+  const big = Buffer.alloc(24);
+  big.writeUInt32LE(2 ** 21, 4);
+  assert.equal(decodeFtAck(big), null);
+  // Another version of hello keeps its first 17 bytes, so it can be refused politely.
+  const v2 = Buffer.from(hello);
+  v2[0] = 2;
+  assert.deepEqual(decodeFtHello(v2), {
+    ok: false,
+    reason: 'version',
+    version: 2,
+    sessionId: Buffer.alloc(16, 0xa1),
+  });
+  // A refusal's unknown code reads as OTHER; an over-long reason is cut at a character boundary.
+  const odd = Buffer.from(refuse);
+  odd[17] = 99;
+  assert.equal(decodeFtRefuse(odd)?.code, FtRefuseCode.OTHER);
+  const long = encodeFtRefuse({
+    sessionId: Buffer.alloc(16),
+    code: FtRefuseCode.OTHER,
+    reason: 'é'.repeat(FT_REASON_BYTES_MAX),
+  });
+  const longBack = decodeFtRefuse(long);
+  assert.ok(longBack !== null && Buffer.byteLength(longBack.reason) <= FT_REASON_BYTES_MAX);
+  assert.ok(/^é+$/.test(longBack.reason));
+  // Encoders assert what cannot be encoded.
+  assert.throws(() => encodeFtHello({ ...FT_HELLO, sessionId: Buffer.alloc(15) }), /assertion/);
+  assert.throws(() => encodeFtHello({ ...FT_HELLO, vm: '' }), /assertion/);
+  assert.throws(
+    () =>
+      encodeFtHello({ ...FT_HELLO, facts: { ...FT_FACTS, v8Flags: Array(FT_FLAGS_MAX + 1).fill('--x') } }),
+    /assertion/,
+  );
+  assert.throws(() => encodeFtLog({ offset: 0, events: 0, data: new Uint8Array(0) }), /assertion/);
+  assert.throws(() => encodeFtAck({ offset: -1, events: 0, replayed: 0 }), /assertion/);
+  // Random bytes: the decoders answer, never throw.
+  const rng = new Prng(SEED, 40);
+  for (let i = 0; i < 5000; i++) {
+    const b = new Uint8Array(rng.int(0, 120));
+    for (let j = 0; j < b.length; j++) b[j] = rng.int(0, 255);
+    if (rng.chance(0.5) && b.length > 0) b[0] = FT_VERSION;
+    decodeFtHello(b);
+    decodeFtWelcome(b);
+    decodeFtRefuse(b);
+    decodeFtLog(b);
+    decodeFtAck(b);
   }
 });

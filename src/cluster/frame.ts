@@ -1,13 +1,14 @@
 /**
  * Host-to-host frames: the authenticated envelope of every message one host
- * sends another, heartbeats over UDP today and the FT log channel over TCP
- * later. docs/CLUSTER-PROTOCOL.md draws the bytes.
+ * sends another, heartbeats over UDP and the FT logging channel over TCP.
+ * docs/CLUSTER-PROTOCOL.md draws the bytes; docs/FT-CHANNEL.md the FT payloads.
  *
  * Role: encode a frame, and decide about a received buffer whether it is a
  * genuine, current frame for this host, as a value and never by throwing.
  * ReplayGuard then refuses frames seen before and frames from a sender's
- * earlier incarnation. The heartbeat payload codec lives here too, so that
- * every byte on the wire is defined in one file.
+ * earlier incarnation. The heartbeat payload codec and the FT logging
+ * channel's payload codecs (docs/FT-CHANNEL.md) live here too, so that every
+ * byte on the wire is defined in one file.
  *
  * Invariants:
  * - A frame is self-delimiting: its header says how long it is (peekFrameLength),
@@ -53,11 +54,22 @@ export const FRAME_PAYLOAD_BYTES_MAX = FRAME_BYTES_MAX - FRAME_FIXED_BYTES - 2 *
 export const FRAME_SEQ_MAX = Number.MAX_SAFE_INTEGER;
 
 /**
- * What a frame carries. Kind 0 is never valid; the FT log channel assigns its
- * kinds from 2 on, and a receiver drops kinds it does not expect on a channel.
+ * What a frame carries. Kind 0 is never valid. Kinds 2 to 6 are the FT
+ * logging channel's (docs/FT-CHANNEL.md; their payload codecs are at the end
+ * of this file). A receiver drops kinds it does not expect on a channel.
  */
 export const FrameKind = {
   HEARTBEAT: 1,
+  /** Backup to primary: opens a logging-channel session (FtHello). */
+  FT_HELLO: 2,
+  /** Primary to backup: accepts the session (FtWelcome). */
+  FT_WELCOME: 3,
+  /** Primary to backup: refuses the session, with a reason (FtRefuse). */
+  FT_REFUSE: 4,
+  /** Primary to backup: a piece of the event log's byte stream (FtLog). */
+  FT_LOG: 5,
+  /** Backup to primary: how much of the stream the backup holds (FtAck). */
+  FT_ACK: 6,
 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
@@ -482,4 +494,474 @@ export function decodeHeartbeat(payload: Uint8Array): HeartbeatMsg | null {
   const echoMs = dv.getFloat64(8, true);
   if (!Number.isFinite(sentMs) || sentMs < 0 || !Number.isFinite(echoMs)) return null;
   return { sentMs, echoMs: echoMs < 0 ? null : echoMs };
+}
+
+// ---------------------------------------------------------------------------
+// The FT logging channel's payloads (docs/FT-CHANNEL.md draws them)
+// ---------------------------------------------------------------------------
+
+/**
+ * The logging channel's protocol version, carried first in FT_HELLO,
+ * FT_WELCOME and FT_REFUSE. FT_LOG and FT_ACK carry none: the version agreed
+ * at the handshake governs the whole session.
+ */
+export const FT_VERSION = 1;
+/** The random session id a backup draws for each connection. */
+export const FT_SESSION_ID_BYTES = 16;
+/** The random nonce a primary adds when it accepts, so that a session's key is fresh on both sides. */
+export const FT_NONCE_BYTES = 16;
+/** FT_LOG's fixed prefix: the stream offset and the event count, u64 each. */
+export const FT_LOG_HEADER_BYTES = 16;
+/** FT_ACK's payload: the offset and the event count held, and the events replayed, u64 each. */
+export const FT_ACK_PAYLOAD_BYTES = 24;
+/** Host facts are short strings; these bounds keep a hello small whatever a peer sends. */
+export const FT_FACT_BYTES_MAX = 255;
+export const FT_FLAGS_MAX = 64;
+/** A refusal's reason is for people; longer ones are cut (at a character boundary) by the encoder. */
+export const FT_REASON_BYTES_MAX = 1024;
+
+/** What a backup's join check compares (docs/FT-CHANNEL.md, "Join check"). */
+export interface HostFacts {
+  /** process.version, e.g. "v20.15.0". */
+  nodeVersion: string;
+  /** process.arch, e.g. "x64". */
+  arch: string;
+  /** The V8 flags the process runs with, normalised and sorted (see v8FlagsOf in src/ft/channel.ts). */
+  v8Flags: string[];
+}
+
+/** A place in the event log's byte stream. */
+export interface StreamPosition {
+  /** Byte offset in the log stream; 0 is the first byte of the log's preamble. */
+  offset: number;
+  /** How many events (host calls) are complete before `offset`: the seq of the next event. */
+  events: number;
+}
+
+/** FT_HELLO: the backup (which connects) asks to receive a VM's log. */
+export interface FtHello {
+  /** Chosen by the backup, random; names the session (its frame channel is derived from it). */
+  sessionId: Uint8Array;
+  vm: string;
+  /** The VM's placement generation the backup was placed in. */
+  generation: number;
+  /** The primary's incarnation as the backup knows it: a hello for an earlier process is refused. */
+  primaryIncarnation: string;
+  /** Where the backup wants the stream to start; {0, 0} is "from the first event". */
+  start: StreamPosition;
+  facts: HostFacts;
+}
+
+/** FT_WELCOME: the primary accepts. */
+export interface FtWelcome {
+  /** The hello's, echoed. */
+  sessionId: Uint8Array;
+  /** Chosen by the primary, random; enters the session key (ftSessionKey). */
+  primaryNonce: Uint8Array;
+  vm: string;
+  generation: number;
+  /** Where the stream will actually start. */
+  start: StreamPosition;
+  facts: HostFacts;
+}
+
+/** Why a primary refused a hello; the numbers are on the wire. */
+export const FtRefuseCode = {
+  /** The hello speaks another FT protocol version. */
+  VERSION: 1,
+  /** This host does not serve that VM as its primary. */
+  VM: 2,
+  /** The hello names another placement generation. */
+  GENERATION: 3,
+  /** The sender is not the VM's backup (another host, or another incarnation of it). */
+  PEER: 4,
+  /** The hello names another incarnation of this host: it comes from an earlier session. */
+  INCARNATION: 5,
+  /** The join check failed: Node version, V8 flags or CPU architecture differ. */
+  JOIN: 6,
+  /** The primary cannot give the stream from the position asked for. */
+  START: 7,
+  /** A session for this VM is already live. */
+  BUSY: 8,
+  /** Anything else; the reason says what. */
+  OTHER: 255,
+} as const;
+export type FtRefuseCode = (typeof FtRefuseCode)[keyof typeof FtRefuseCode];
+
+/** FT_REFUSE: the primary refuses, with a code and a reason for people. */
+export interface FtRefuse {
+  /** The hello's, echoed, so a refusal cannot be taken for another session's. */
+  sessionId: Uint8Array;
+  code: FtRefuseCode;
+  reason: string;
+}
+
+/** FT_LOG: `data` are the stream's bytes from `offset` on. */
+export interface FtLog {
+  offset: number;
+  /** Events complete in the stream at the end of `data` (repeats the previous frame's when none completes). */
+  events: number;
+  data: Uint8Array;
+}
+
+/** FT_ACK: the backup holds the stream's bytes up to `offset`, which complete `events` events. */
+export interface FtAck {
+  offset: number;
+  events: number;
+  /**
+   * How many events the backup's replayer has executed (at most `events`):
+   * progress for lag and for "protected", never for the Output Rule.
+   */
+  replayed: number;
+}
+
+/** A little writer and reader for the FT payloads, which never throw on input and never read past the end. */
+class FtOut {
+  private readonly parts: Buffer[] = [];
+  u8(v: number): void {
+    this.parts.push(Buffer.of(v));
+  }
+  u16(v: number): void {
+    const b = Buffer.allocUnsafe(2);
+    b.writeUInt16LE(v, 0);
+    this.parts.push(b);
+  }
+  u64(v: number, what: string): void {
+    assert(Number.isSafeInteger(v) && v >= 0, `${what} ${v} is not a safe non-negative integer`);
+    this.parts.push(u64Bytes(v));
+  }
+  raw(b: Uint8Array): void {
+    this.parts.push(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  }
+  str8(s: string, what: string, min = 1): void {
+    const b = utf8Encoder.encode(s);
+    assert(
+      b.byteLength >= min && b.byteLength <= FT_FACT_BYTES_MAX,
+      `${what} has ${b.byteLength} bytes (${min}..${FT_FACT_BYTES_MAX})`,
+    );
+    this.u8(b.byteLength);
+    this.raw(b);
+  }
+  facts(f: HostFacts): void {
+    this.str8(f.nodeVersion, 'facts.nodeVersion');
+    this.str8(f.arch, 'facts.arch');
+    assert(
+      f.v8Flags.length <= FT_FLAGS_MAX,
+      `facts.v8Flags has ${f.v8Flags.length} flags (max ${FT_FLAGS_MAX})`,
+    );
+    this.u8(f.v8Flags.length);
+    for (const flag of f.v8Flags) this.str8(flag, 'a V8 flag');
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+/** A u64 (below 2^53) as 8 little-endian bytes, written as two u32 halves so that no BigInt is needed. */
+function u64Bytes(v: number): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeUInt32LE(v % 2 ** 32, 0);
+  b.writeUInt32LE(Math.floor(v / 2 ** 32), 4);
+  return b;
+}
+
+class FtIn {
+  at = 0;
+  private readonly view: Buffer;
+  constructor(p: Uint8Array) {
+    this.view = Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+  }
+  get remaining(): number {
+    return this.view.byteLength - this.at;
+  }
+  u8(): number | null {
+    if (this.remaining < 1) return null;
+    return this.view[this.at++]!;
+  }
+  u16(): number | null {
+    if (this.remaining < 2) return null;
+    const v = this.view.readUInt16LE(this.at);
+    this.at += 2;
+    return v;
+  }
+  /** A u64 that must be below 2^53, else null. */
+  u64(): number | null {
+    if (this.remaining < 8) return null;
+    const lo = this.view.readUInt32LE(this.at);
+    const hi = this.view.readUInt32LE(this.at + 4);
+    this.at += 8;
+    return hi >= 2 ** 21 ? null : hi * 2 ** 32 + lo;
+  }
+  bytes(n: number): Buffer | null {
+    if (this.remaining < n) return null;
+    const b = Buffer.from(this.view.subarray(this.at, this.at + n));
+    this.at += n;
+    return b;
+  }
+  utf8(n: number): string | null {
+    const b = this.bytes(n);
+    if (b === null) return null;
+    try {
+      return utf8Decoder.decode(b);
+    } catch {
+      return null;
+    }
+  }
+  str8(min = 1): string | null {
+    const n = this.u8();
+    return n === null || n < min ? null : this.utf8(n);
+  }
+  hex(n: number): string | null {
+    const b = this.bytes(n);
+    return b === null ? null : b.toString('hex');
+  }
+  facts(): HostFacts | null {
+    const nodeVersion = this.str8();
+    const arch = this.str8();
+    const count = this.u8();
+    if (nodeVersion === null || arch === null || count === null || count > FT_FLAGS_MAX) return null;
+    const v8Flags: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const f = this.str8();
+      if (f === null) return null;
+      v8Flags.push(f);
+    }
+    return { nodeVersion, arch, v8Flags };
+  }
+}
+
+function assertBytes(b: Uint8Array, n: number, what: string): void {
+  assert(b.byteLength === n, `${what} has ${b.byteLength} bytes, not ${n}`);
+}
+
+function assertPosition(p: StreamPosition, what: string): void {
+  assert(Number.isSafeInteger(p.offset) && p.offset >= 0, `${what}.offset ${p.offset}`);
+  assert(Number.isSafeInteger(p.events) && p.events >= 0, `${what}.events ${p.events}`);
+}
+
+/** The payload of an FT_HELLO frame. A hello that cannot be encoded is the caller's bug (assertion). */
+export function encodeFtHello(h: FtHello): Buffer {
+  assertBytes(h.sessionId, FT_SESSION_ID_BYTES, 'hello sessionId');
+  assert(HEX16_RE.test(h.primaryIncarnation), 'hello primaryIncarnation is not 16 hex digits');
+  assertPosition(h.start, 'hello start');
+  const o = new FtOut();
+  o.u8(FT_VERSION);
+  o.raw(h.sessionId);
+  nameBytes(h.vm, 'hello vm'); // asserts the VM name's length, as for host names
+  o.str8(h.vm, 'hello vm');
+  o.u64(h.generation, 'hello generation');
+  o.raw(Buffer.from(h.primaryIncarnation, 'hex'));
+  o.u64(h.start.offset, 'hello start.offset');
+  o.u64(h.start.events, 'hello start.events');
+  o.facts(h.facts);
+  return o.done();
+}
+
+export type FtHelloDecode =
+  | { ok: true; hello: FtHello }
+  /** A hello of another protocol version: its first 17 bytes keep this layout in every version, so it can be refused. */
+  | { ok: false; reason: 'version'; version: number; sessionId: Buffer }
+  | { ok: false; reason: 'malformed' };
+
+/** The hello in a payload, as a value; never throws. */
+export function decodeFtHello(payload: Uint8Array): FtHelloDecode {
+  const r = new FtIn(payload);
+  const version = r.u8();
+  const sessionId = r.bytes(FT_SESSION_ID_BYTES);
+  if (version === null || sessionId === null) return { ok: false, reason: 'malformed' };
+  if (version !== FT_VERSION) return { ok: false, reason: 'version', version, sessionId };
+  const vm = r.str8();
+  const generation = r.u64();
+  const primaryIncarnation = r.hex(8);
+  const offset = r.u64();
+  const events = r.u64();
+  const facts = r.facts();
+  if (
+    vm === null ||
+    utf8Encoder.encode(vm).byteLength > FRAME_NAME_BYTES_MAX ||
+    generation === null ||
+    primaryIncarnation === null ||
+    offset === null ||
+    events === null ||
+    facts === null ||
+    r.remaining !== 0
+  ) {
+    return { ok: false, reason: 'malformed' };
+  }
+  return {
+    ok: true,
+    hello: { sessionId, vm, generation, primaryIncarnation, start: { offset, events }, facts },
+  };
+}
+
+/** The payload of an FT_WELCOME frame. */
+export function encodeFtWelcome(w: FtWelcome): Buffer {
+  assertBytes(w.sessionId, FT_SESSION_ID_BYTES, 'welcome sessionId');
+  assertBytes(w.primaryNonce, FT_NONCE_BYTES, 'welcome primaryNonce');
+  assertPosition(w.start, 'welcome start');
+  const o = new FtOut();
+  o.u8(FT_VERSION);
+  o.raw(w.sessionId);
+  o.raw(w.primaryNonce);
+  nameBytes(w.vm, 'welcome vm');
+  o.str8(w.vm, 'welcome vm');
+  o.u64(w.generation, 'welcome generation');
+  o.u64(w.start.offset, 'welcome start.offset');
+  o.u64(w.start.events, 'welcome start.events');
+  o.facts(w.facts);
+  return o.done();
+}
+
+/** The welcome in a payload, or null if it is not a version-1 welcome; never throws. */
+export function decodeFtWelcome(payload: Uint8Array): FtWelcome | null {
+  const r = new FtIn(payload);
+  if (r.u8() !== FT_VERSION) return null;
+  const sessionId = r.bytes(FT_SESSION_ID_BYTES);
+  const primaryNonce = r.bytes(FT_NONCE_BYTES);
+  const vm = r.str8();
+  const generation = r.u64();
+  const offset = r.u64();
+  const events = r.u64();
+  const facts = r.facts();
+  if (
+    sessionId === null ||
+    primaryNonce === null ||
+    vm === null ||
+    utf8Encoder.encode(vm).byteLength > FRAME_NAME_BYTES_MAX ||
+    generation === null ||
+    offset === null ||
+    events === null ||
+    facts === null ||
+    r.remaining !== 0
+  ) {
+    return null;
+  }
+  return { sessionId, primaryNonce, vm, generation, start: { offset, events }, facts };
+}
+
+/** Cuts a string to at most `bytesMax` UTF-8 bytes without splitting a character. */
+function cutUtf8(s: string, bytesMax: number): Uint8Array {
+  const b = utf8Encoder.encode(s);
+  if (b.byteLength <= bytesMax) return b;
+  let end = bytesMax;
+  // Back up over continuation bytes (10xxxxxx) so the cut falls between characters.
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return b.subarray(0, end);
+}
+
+/** The payload of an FT_REFUSE frame; a reason longer than FT_REASON_BYTES_MAX is cut. */
+export function encodeFtRefuse(r: FtRefuse): Buffer {
+  assertBytes(r.sessionId, FT_SESSION_ID_BYTES, 'refuse sessionId');
+  assert(Object.values(FtRefuseCode).includes(r.code), `refuse code ${r.code} is not an FtRefuseCode`);
+  const reason = cutUtf8(r.reason, FT_REASON_BYTES_MAX);
+  const o = new FtOut();
+  o.u8(FT_VERSION);
+  o.raw(r.sessionId);
+  o.u8(r.code);
+  o.u16(reason.byteLength);
+  o.raw(reason);
+  return o.done();
+}
+
+/**
+ * The refusal in a payload, or null if it is not one; never throws. The
+ * version byte is not required to be 1: a primary refuses a hello of a
+ * version it does not speak with a refusal of its own version, and the
+ * refusal's layout is the same in every version.
+ */
+export function decodeFtRefuse(payload: Uint8Array): FtRefuse | null {
+  const r = new FtIn(payload);
+  const version = r.u8();
+  const sessionId = r.bytes(FT_SESSION_ID_BYTES);
+  const code = r.u8();
+  const n = r.u16();
+  if (version === null || sessionId === null || code === null || n === null || n > FT_REASON_BYTES_MAX)
+    return null;
+  const reason = r.utf8(n);
+  if (reason === null || r.remaining !== 0) return null;
+  const known = (Object.values(FtRefuseCode) as number[]).includes(code);
+  return { sessionId, code: (known ? code : FtRefuseCode.OTHER) as FtRefuseCode, reason };
+}
+
+/** The payload of an FT_LOG frame: at least one byte of data. */
+export function encodeFtLog(m: FtLog): Buffer {
+  assert(m.data.byteLength >= 1, 'an FT_LOG frame carries at least one byte');
+  assert(Number.isSafeInteger(m.offset + m.data.byteLength), `FT_LOG ends past 2^53 (offset ${m.offset})`);
+  const out = Buffer.allocUnsafe(FT_LOG_HEADER_BYTES + m.data.byteLength);
+  writeFtLogHeader(out, m.offset, m.events);
+  out.set(m.data, FT_LOG_HEADER_BYTES);
+  return out;
+}
+
+/** Writes FT_LOG's 16-byte prefix at the start of `out` (for callers that assemble the data in place). */
+export function writeFtLogHeader(out: Uint8Array, offset: number, events: number): void {
+  assert(Number.isSafeInteger(offset) && offset >= 0, `FT_LOG offset ${offset}`);
+  assert(Number.isSafeInteger(events) && events >= 0, `FT_LOG events ${events}`);
+  out.set(u64Bytes(offset), 0);
+  out.set(u64Bytes(events), 8);
+}
+
+/** The FT_LOG in a payload (its data a view into `payload`), or null: too short, no data, or past 2^53. */
+export function decodeFtLog(payload: Uint8Array): FtLog | null {
+  if (payload.byteLength <= FT_LOG_HEADER_BYTES) return null;
+  const r = new FtIn(payload);
+  const offset = r.u64();
+  const events = r.u64();
+  if (offset === null || events === null) return null;
+  const data = payload.subarray(FT_LOG_HEADER_BYTES);
+  if (!Number.isSafeInteger(offset + data.byteLength)) return null;
+  return { offset, events, data };
+}
+
+/** The payload of an FT_ACK frame. */
+export function encodeFtAck(a: FtAck): Buffer {
+  const o = new FtOut();
+  o.u64(a.offset, 'FT_ACK offset');
+  o.u64(a.events, 'FT_ACK events');
+  o.u64(a.replayed, 'FT_ACK replayed');
+  return o.done();
+}
+
+/** The FT_ACK in a payload, or null if it is not exactly one. */
+export function decodeFtAck(payload: Uint8Array): FtAck | null {
+  if (payload.byteLength !== FT_ACK_PAYLOAD_BYTES) return null;
+  const r = new FtIn(payload);
+  const offset = r.u64();
+  const events = r.u64();
+  const replayed = r.u64();
+  if (offset === null || events === null || replayed === null) return null;
+  return { offset, events, replayed };
+}
+
+/**
+ * The frame channel of a session: the session id's first four bytes (u32 LE),
+ * never 0, which is the heartbeats' channel. Every frame of the session, both
+ * ways, carries it.
+ */
+export function ftChannelOf(sessionId: Uint8Array): number {
+  assertBytes(sessionId, FT_SESSION_ID_BYTES, 'sessionId');
+  const c = (sessionId[0]! | (sessionId[1]! << 8) | (sessionId[2]! << 16) | (sessionId[3]! << 24)) >>> 0;
+  return c === 0 ? 1 : c;
+}
+
+/**
+ * The key that authenticates a session's FT_LOG and FT_ACK frames:
+ * HMAC-SHA256(cluster key, "lockstep ft session v1" 0x00 sessionId primaryNonce).
+ * Both random halves enter it, so no frame recorded in any other session (of
+ * this VM or another, before or after a restart) authenticates in this one,
+ * even if the backup's half is replayed.
+ */
+export function ftSessionKey(
+  clusterKey: Uint8Array,
+  sessionId: Uint8Array,
+  primaryNonce: Uint8Array,
+): Buffer {
+  assertKey(clusterKey);
+  assertBytes(sessionId, FT_SESSION_ID_BYTES, 'sessionId');
+  assertBytes(primaryNonce, FT_NONCE_BYTES, 'primaryNonce');
+  return createHmac('sha256', clusterKey)
+    .update('lockstep ft session v1\0')
+    .update(sessionId)
+    .update(primaryNonce)
+    .digest();
 }
