@@ -549,8 +549,7 @@ export interface FtPrimaryStats {
  * lag. Times are the primary's clock (the server's nowMs).
  */
 export class FtPrimaryLink {
-  private timer: NodeJS.Timeout | null = null;
-  private timerAtMs = Infinity;
+  private readonly timer = new DeadlineTimer(() => this.pump());
   private closedWith: FtCloseReason | null = null;
 
   /** @internal Built by FtLinkServer when a backup's first ack arrives. */
@@ -672,7 +671,7 @@ export class FtPrimaryLink {
   private onClosed(reason: FtCloseReason): void {
     if (this.closedWith !== null) return;
     this.closedWith = reason;
-    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer.clear();
     this.sender.close();
     this.unregister();
     this.log.info(
@@ -693,18 +692,7 @@ export class FtPrimaryLink {
     }
     // A full socket resumes on 'drain'; otherwise a flush delay may be pending.
     if (!this.conn.writable) return;
-    const due = this.sender.nextDeadlineMs();
-    if (due === null || due >= this.timerAtMs) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timerAtMs = due;
-    this.timer = setTimeout(
-      () => {
-        this.timer = null;
-        this.timerAtMs = Infinity;
-        this.pump();
-      },
-      Math.max(0, due - now),
-    );
+    this.timer.arm(this.sender.nextDeadlineMs(), now);
   }
 }
 
@@ -841,8 +829,7 @@ export function connectFtLink(addr: FtAddress, opts: FtConnectOptions): Promise<
 
 /** One established session on the backup: the stream comes in through opts.onLog. */
 export class FtBackupLink {
-  private timer: NodeJS.Timeout | null = null;
-  private timerAtMs = Infinity;
+  private readonly timer = new DeadlineTimer(() => this.sendAck());
   private closedWith: FtCloseReason | null = null;
   private framesReceived = 0;
   private acksSent = 0;
@@ -936,18 +923,7 @@ export class FtBackupLink {
       }
     }
     if (!this.conn.writable) return;
-    const due = this.receiver.nextDeadlineMs();
-    if (due === null || due >= this.timerAtMs) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timerAtMs = due;
-    this.timer = setTimeout(
-      () => {
-        this.timer = null;
-        this.timerAtMs = Infinity;
-        this.sendAck();
-      },
-      Math.max(0, due - now),
-    );
+    this.timer.arm(this.receiver.nextDeadlineMs(), now);
   }
 
   private rejectFrame(reason: FtRejectReason, detail: string): void {
@@ -961,8 +937,39 @@ export class FtBackupLink {
   private onClosed(reason: FtCloseReason): void {
     if (this.closedWith !== null) return;
     this.closedWith = reason;
-    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer.clear();
     this.receiver.close();
     this.opts.onClose?.(this, reason);
+  }
+}
+
+/**
+ * One timer for the earliest pending deadline of a protocol state machine: arming it for a later
+ * deadline than the one already set does nothing, so a burst of events costs one timer.
+ */
+class DeadlineTimer {
+  private timer: NodeJS.Timeout | null = null;
+  private atMs = Infinity;
+  constructor(private readonly fire: () => void) {}
+
+  /** Makes sure `fire` runs at `dueMs` (monotonic ms; null: nothing pending). */
+  arm(dueMs: number | null, nowMs: number): void {
+    if (dueMs === null || dueMs >= this.atMs) return;
+    this.clear();
+    this.atMs = dueMs;
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        this.atMs = Infinity;
+        this.fire();
+      },
+      Math.max(0, dueMs - nowMs),
+    );
+  }
+
+  clear(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.atMs = Infinity;
   }
 }
