@@ -197,10 +197,10 @@ export function readInstr(r: Reader, out: Instr, features: FeatureUse): void {
         r.skipLeb(10);
         break;
       case 0x43:
-        r.skip(4);
+        r.skip(4); // f32.const: a 4-byte immediate (a byte reader's skip, not a skipped test)
         break;
       case 0x44:
-        r.skip(8);
+        r.skip(8); // f64.const: an 8-byte immediate
         break;
       default:
         if (op >= 0x28 && op <= 0x3e) {
@@ -269,12 +269,12 @@ export function readInstr(r: Reader, out: Instr, features: FeatureUse): void {
     if (sub <= 11) {
       readMemarg(r);
     } else if (sub === 12 || sub === 13) {
-      r.skip(16);
+      r.skip(16); // v128.const and i8x16.shuffle: 16 immediate bytes
     } else if (sub >= 21 && sub <= 34) {
-      r.skip(1);
+      r.skip(1); // extract/replace_lane: a one-byte lane index
     } else if (sub >= 84 && sub <= 91) {
       readMemarg(r);
-      r.skip(1);
+      r.skip(1); // load/store_lane: a memarg, then a one-byte lane index
     } else if (sub === 92 || sub === 93) {
       readMemarg(r);
     } else if (sub >= 0x100 && sub <= 0x113) {
