@@ -32,6 +32,8 @@ const testNeeds = [
   ['ip', 'iproute2'],
   ['/usr/bin/etcd', 'etcd-server'],
   ['nsenter', 'util-linux'],
+  ['arping', 'iputils-arping'],
+  ['/usr/sbin/iptables', 'iptables'],
 ];
 const needs = profile === 'run' ? runNeeds : testNeeds;
 
