@@ -30,6 +30,7 @@ import type { Readable } from 'node:stream';
 import { Channel, CtlSlot, type Ctl, RxFlag, TxFlag } from '../vm/channel.js';
 import type { IoToVcpuMessage, VcpuToIoMessage } from '../vm/wasi/host.js';
 import { ChaosPolicy, type ConnChaos, type RxPiece } from './chaos.js';
+import type { OutputGate } from './output-gate.js';
 
 export interface ListenSpec {
   host: string;
@@ -95,6 +96,8 @@ export class NetDevice {
   private outputsHeld = false;
   /** The I/O chaos policy, decided once from the seed; null (the normal case) for a faithful network. */
   private readonly chaos: ChaosPolicy | null;
+  /** An FT primary's Output Rule: what may leave, per connection; null for other VMs. */
+  private gate: OutputGate | null = null;
 
   constructor(
     private readonly ctl: Ctl,
@@ -287,6 +290,17 @@ export class NetDevice {
     if (n > 0) this.ctl.wakeVcpu();
   }
 
+  /**
+   * Puts the VM's outputs under an FT primary's Output Rule: from now on a
+   * connection's bytes, FIN and close leave only as far as the gate allows.
+   */
+  setGate(gate: OutputGate): void {
+    this.gate = gate;
+    gate.onRelease = () => {
+      if (this.running) this.service();
+    };
+  }
+
   /** Holds or releases every network output of the VM; releasing flushes what waited, in order. */
   holdOutputs(held: boolean): void {
     if (this.outputsHeld === held) return;
@@ -295,6 +309,8 @@ export class NetDevice {
   }
 
   private service(): void {
+    // New marks first: without a backup (an open gate) they release at once.
+    if (this.gate !== null && this.gate.open) this.gate.poll();
     for (const c of this.conns.values()) this.serviceConn(c);
     if (this.stdinStarted) this.serviceStdin();
   }
@@ -319,16 +335,20 @@ export class NetDevice {
       if (woke) this.ctl.wakeVcpu();
       return;
     }
+    const gate = this.gate;
     if (!c.writeBlocked && !c.socketClosed) {
       if (c.chaos !== null) this.chaosDrainTx(c, c.chaos);
       else {
-        const data = ch.txTake();
+        const data = ch.txTake(gate === null ? Infinity : gate.allowance(c.id, ch));
         if (data !== null && !c.socket.write(data)) c.writeBlocked = true;
       }
     }
     // Read the flags after draining: the vCPU raises WANT_SPACE before it checks for space,
     // and we free space before we look for WANT_SPACE, so one of us always sees the other.
-    const txf = ch.txFlags();
+    // Under the Output Rule a FIN or close takes effect only once released, like bytes.
+    const OUTPUT_FLAGS = TxFlag.SHUT_WR | TxFlag.CLOSE;
+    const rawTxf = ch.txFlags();
+    const txf = gate === null ? rawTxf : (rawTxf & ~OUTPUT_FLAGS) | (gate.releasedFlags(c.id) & OUTPUT_FLAGS);
     if ((txf & TxFlag.WANT_SPACE) !== 0 && ch.txSpace() > 0) {
       ch.clearTxFlag(TxFlag.WANT_SPACE);
       woke = true;
@@ -346,6 +366,7 @@ export class NetDevice {
     }
     if ((txf & TxFlag.CLOSE) !== 0 && !c.vcpuClosed) {
       c.vcpuClosed = true;
+      gate?.forget(c.id);
       if (c.socketClosed) this.conns.delete(c.id);
       else if (resetOnClose) {
         // The reset also frees the entry at once instead of leaving a paused socket nobody will read.
@@ -524,6 +545,8 @@ export class NetDevice {
       for (const s of this.servers) s.close();
       return;
     }
+    // A deliberate stop releases what the Output Rule still held: both copies stop here.
+    this.gate?.releaseAll();
     this.service();
     this.running = false;
     this.ctl.pokeIo();

@@ -190,11 +190,25 @@ export class Channel {
     return total;
   }
 
-  /** I/O side: takes every buffered tx byte as a fresh Buffer (or null when empty). */
-  txTake(): Buffer | null {
+  /** The running count of bytes the vCPU has pushed (mod 2^32): an output mark's position. */
+  txHead(): number {
+    return Atomics.load(this.h, H_TX_HEAD) >>> 0;
+  }
+
+  /** The running count of bytes the I/O side has taken (mod 2^32). */
+  txTail(): number {
+    return Atomics.load(this.h, H_TX_TAIL) >>> 0;
+  }
+
+  /**
+   * I/O side: takes buffered tx bytes as a fresh Buffer (or null when none),
+   * at most `maxBytes` of them: an FT primary takes only what the backup has
+   * acknowledged.
+   */
+  txTake(maxBytes = Infinity): Buffer | null {
     const tail = Atomics.load(this.h, H_TX_TAIL) >>> 0;
-    const n = this.txBuffered();
-    if (n === 0) return null;
+    const n = Math.min(this.txBuffered(), maxBytes);
+    if (n <= 0) return null;
     const out = Buffer.allocUnsafe(n);
     copyFromRing(this.tx, tail, out);
     Atomics.store(this.h, H_TX_TAIL, (tail + n) | 0);

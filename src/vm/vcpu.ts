@@ -37,6 +37,7 @@ import type { StopKind, Summary } from '../ft/log/format.js';
 import type { LogMode } from './wasi/host.js';
 import { WASI_FUNCTIONS } from '../wasi/abi.js';
 import { writevAllSync } from '../io/log-file.js';
+import { FtShared, type FtSharedSabs } from './ft-shared.js';
 
 /**
  * How long completed calls may wait in the recorder's frame before a sleeping
@@ -53,7 +54,7 @@ class LogWriteError extends Error {
   }
 }
 import { Channel, Ctl } from './channel.js';
-import { WasiHost, HostCallError, type VcpuToIoMessage } from './wasi/host.js';
+import { WasiHost, HostCallError, type FtHostCaps, type VcpuToIoMessage } from './wasi/host.js';
 import { ProcExit, StopRequested } from './wasi/signals.js';
 import { FileSystem, type Preopen } from './fs/fs.js';
 import { WASI_MODULE } from '../wasi/abi.js';
@@ -80,7 +81,19 @@ export interface VcpuInit {
 }
 
 export type VcpuLogInit =
-  { mode: 'record'; fd: number } | { mode: 'replay'; ringSab: SharedArrayBuffer; showOutput: boolean };
+  | { mode: 'record'; fd: number }
+  | { mode: 'replay'; ringSab: SharedArrayBuffer; showOutput: boolean }
+  /** An FT primary: the log streams to the main thread, outputs leave marks (src/vm/ft-shared.ts). */
+  | { mode: 'ft-primary'; ft: FtVcpuInit }
+  /** An FT backup: replays the log the main thread receives, and goes live where it ends. */
+  | { mode: 'ft-backup'; ringSab: SharedArrayBuffer; ft: FtVcpuInit };
+
+export interface FtVcpuInit {
+  sabs: FtSharedSabs;
+  /** Channels for the guest's stdout and stderr, drained by the main thread as the Output Rule allows. */
+  stdoutSab: SharedArrayBuffer;
+  stderrSab: SharedArrayBuffer;
+}
 
 /** What replay found when it stopped early. */
 export interface DivergenceReport {
@@ -108,7 +121,11 @@ export type VcpuResult = (
   stdoutOpenLine?: boolean;
 };
 
-export type VcpuMessage = VcpuResult | { type: 'io'; msg: VcpuToIoMessage };
+export type VcpuMessage =
+  | VcpuResult
+  | { type: 'io'; msg: VcpuToIoMessage }
+  /** An FT backup went live after replaying `events` calls. */
+  | { type: 'live'; events: number };
 
 /** Values of the instrumentation's `lockstep_limit` global. */
 const LIMIT_BY_CODE: Record<number, LimitKind> = { 1: 'memory', 2: 'depth', 3: 'fuel' };
@@ -190,11 +207,49 @@ function run(init: VcpuInit): VcpuResult {
   const ctl = new Ctl(init.ctlSab);
   const fs = new FileSystem(init.preopens);
   const replaying = init.log?.mode === 'replay';
-  const post = replaying
-    ? (): void => {}
-    : (msg: VcpuToIoMessage): void => port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
+  // A backup reaches no network until it goes live; then its I/O side is the one it binds.
+  let ioLive = !replaying && init.log?.mode !== 'ft-backup';
+  const post = (msg: VcpuToIoMessage): void => {
+    if (ioLive) port.postMessage({ type: 'io', msg } satisfies VcpuMessage);
+  };
   let log: LogState | null = null;
-  if (init.log !== null) {
+  let ft: FtHostCaps | null = null;
+  if (init.log !== null && (init.log.mode === 'ft-primary' || init.log.mode === 'ft-backup')) {
+    const shared = FtShared.attach(init.log.ft.sabs);
+    let tape: RecordTape | null = null;
+    const sink = {
+      write: (pieces: readonly Uint8Array[]): void => {
+        for (const p of pieces) shared.log.writeBlocking(p);
+      },
+    };
+    const recordFrom = (startSeq: number): RecordTape => {
+      tape = new RecordTape(sink, { startSeq, flushDelayMs: 0 });
+      return tape;
+    };
+    ft = {
+      shared,
+      stdout: Channel.attach(init.log.ft.stdoutSab),
+      stderr: Channel.attach(init.log.ft.stderrSab),
+      goLive: recordFrom,
+      wentLive: (events) => {
+        ioLive = true;
+        port.postMessage({ type: 'live', events } satisfies VcpuMessage);
+      },
+    };
+    const ledger = new OutputLedger();
+    if (init.log.mode === 'ft-primary') {
+      const rec = recordFrom(0);
+      log = { mode: { mode: 'record', tape: rec, outputs: ledger }, ledger, events: () => tape!.events };
+    } else {
+      const ring = ByteRing.attach(init.log.ringSab);
+      const rep = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS);
+      log = {
+        mode: { mode: 'replay', tape: rep, outputs: ledger },
+        ledger,
+        events: () => (tape !== null ? tape.events : rep.events),
+      };
+    }
+  } else if (init.log !== null) {
     if (init.log.mode === 'record') {
       const logFd = init.log.fd;
       const tape = new RecordTape(
@@ -212,7 +267,7 @@ function run(init: VcpuInit): VcpuResult {
       );
       const ledger = new OutputLedger();
       log = { mode: { mode: 'record', tape, outputs: ledger }, ledger, events: () => tape.events };
-    } else {
+    } else if (init.log.mode === 'replay') {
       const ring = ByteRing.attach(init.log.ringSab);
       const tape = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS);
       const ledger = new OutputLedger(init.log.showOutput ? showOutput : null);
@@ -238,7 +293,11 @@ function run(init: VcpuInit): VcpuResult {
       postToIo: post,
       fs,
     },
-    { traceCalls: init.traceCallsPath !== null, log: log?.mode ?? { mode: 'live' } },
+    {
+      traceCalls: init.traceCallsPath !== null,
+      log: log?.mode ?? { mode: 'live' },
+      ...(ft !== null ? { ft } : {}),
+    },
   );
   try {
     const { result, memory } = runInstance(init, host, fs);
@@ -250,7 +309,10 @@ function run(init: VcpuInit): VcpuResult {
       exitCode: result.stop === 'exit' ? result.exitCode : null,
       stop: stopKindOf(result),
     };
-    if (log.mode.mode === 'record') {
+    if (ft !== null) {
+      // The recording tape of an FT VM (a backup's since go-live) ends the streamed log.
+      host.recording?.finish({ ...summary, outputs: log.ledger.count, outputBytes: log.ledger.bytes });
+    } else if (log.mode.mode === 'record') {
       log.mode.tape.finish({ ...summary, outputs: log.ledger.count, outputBytes: log.ledger.bytes });
     }
     return { ...result, summary };

@@ -12,7 +12,7 @@
  * - stop() asks the guest to stop at its next host call; if it is computing
  *   without host calls, the worker is terminated after a grace period.
  */
-import { Worker, MessageChannel } from 'node:worker_threads';
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { readFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -27,7 +27,20 @@ import { DEFAULT_CALL_DEPTH_MAX, instrument, type InstrumentedModule } from './i
 import { instrumentInWorker } from './instrument/worker.js';
 import { HOST_ROOT_BYTES_MAX } from './fs/limits.js';
 import { StopReason } from './wasi/signals.js';
-import type { ByteRing } from '../ft/ring.js';
+import { ByteRing } from '../ft/ring.js';
+import { FtShared } from './ft-shared.js';
+import { OutputGate } from '../io/output-gate.js';
+import { LogError, LogScanner } from '../ft/log/scanner.js';
+import {
+  FrameKind,
+  encodeFrame,
+  encodeHeader,
+  preamble,
+  recordsPrefix,
+  type LogHeader,
+} from '../ft/log/format.js';
+import { folderManifestSha256 } from '../io/manifest.js';
+import { ByteReader } from '../core/bytes.js';
 
 /** 64 KiB wasm pages per MiB. */
 export const PAGES_PER_MIB = 16;
@@ -80,7 +93,18 @@ export interface VmConfig {
  */
 export type VmLog =
   | { mode: 'record'; fd: number }
-  | { mode: 'replay'; ring: ByteRing; showOutput: boolean; listenerCount: number };
+  | { mode: 'replay'; ring: ByteRing; showOutput: boolean; listenerCount: number }
+  /**
+   * An FT primary: its log streams out through `ftLog()` (the caller puts
+   * `logPrefix`, the preamble and header frame, first), and its outputs wait
+   * for `releaseOutputs()` (the Output Rule).
+   */
+  | { mode: 'ft-primary' }
+  /**
+   * An FT backup: replays what `feedLog()` receives, binds nothing, and at
+   * `goLive()` takes over from where the received log ends.
+   */
+  | { mode: 'ft-backup' };
 
 export type VmLoadError = { code: 'io' | 'instrument' | 'option'; message: string };
 
@@ -95,9 +119,30 @@ export function defaultCacheDir(): string {
 
 export const KNOWN_IMPORTS: ReadonlySet<string> = new Set(WASI_FUNCTIONS.map((f) => `${WASI_MODULE}.${f}`));
 
+/** The FT side of a running VM (primary or backup), see VmLog. */
+interface FtState {
+  shared: FtShared;
+  stdout: Channel;
+  stderr: Channel;
+  gate: OutputGate | null;
+  /** Backup only: the replay ring, the scanner of the received stream, and what waits to enter the ring. */
+  replay: {
+    ring: ByteRing;
+    scanner: LogScanner;
+    queue: Uint8Array[];
+    queuedBytes: number;
+    pumping: boolean;
+  } | null;
+  live: { events: number } | null;
+  onLive: ((events: number) => void) | null;
+}
+
 export class Vm {
   private worker: Worker | null = null;
   private net: NetDevice | null = null;
+  private ioPort: MessagePort | null = null;
+  private stdinCh: Channel | null = null;
+  private ft: FtState | null = null;
   private readonly ctl = new Ctl();
   private outcome: Promise<VmOutcome> | null = null;
   private killTimer: NodeJS.Timeout | null = null;
@@ -172,9 +217,32 @@ export class Vm {
   async start(): Promise<ListenSpec[]> {
     const io = new MessageChannel();
     const stdinCh = Channel.create(64 * 1024, 1024);
+    this.ioPort = io.port1;
+    this.stdinCh = stdinCh;
     const log = this.config.log ?? null;
     let addresses: ListenSpec[] = [];
-    if (log?.mode !== 'replay') {
+    if (log?.mode === 'ft-primary' || log?.mode === 'ft-backup') {
+      const shared = FtShared.create();
+      this.ft = {
+        shared,
+        stdout: Channel.create(64 * 1024, 64 * 1024),
+        stderr: Channel.create(64 * 1024, 64 * 1024),
+        gate: null,
+        replay:
+          log.mode === 'ft-backup'
+            ? {
+                ring: ByteRing.create(),
+                scanner: new LogScanner(),
+                queue: [],
+                queuedBytes: 0,
+                pumping: false,
+              }
+            : null,
+        live: null,
+        onLive: null,
+      };
+    }
+    if (log?.mode !== 'replay' && log?.mode !== 'ft-backup') {
       this.net = new NetDevice(
         this.ctl,
         io.port1,
@@ -188,6 +256,7 @@ export class Vm {
         this.config.ioChaosSeed ?? null,
       );
       addresses = await this.net.listen();
+      if (this.ft !== null) this.net.setGate(this.makeGate(this.ft));
       this.net.start();
     }
     const init: VcpuInit = {
@@ -202,12 +271,7 @@ export class Vm {
       fuel: this.config.cpuBudget,
       traceCallsPath: this.config.traceCallsPath ?? null,
       stdioFds: this.config.stdioFds ?? { stdout: 1, stderr: 2 },
-      log:
-        log === null
-          ? null
-          : log.mode === 'record'
-            ? { mode: 'record', fd: log.fd }
-            : { mode: 'replay', ringSab: log.ring.sab, showOutput: log.showOutput },
+      log: this.vcpuLogInit(log),
     };
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {
@@ -222,6 +286,7 @@ export class Vm {
       let result: VcpuResult | null = null;
       worker.on('message', (m: VcpuMessage) => {
         if (m.type === 'io') this.net?.onVcpuMessage(m.msg);
+        else if (m.type === 'live') this.onVcpuLive(m.events);
         else result = m;
       });
       worker.on('error', (e) => {
@@ -261,8 +326,282 @@ export class Vm {
     this.net?.holdOutputs(held);
   }
 
+  private vcpuLogInit(log: VmLog | null): VcpuInit['log'] {
+    if (log === null) return null;
+    if (log.mode === 'record') return { mode: 'record', fd: log.fd };
+    if (log.mode === 'replay') return { mode: 'replay', ringSab: log.ring.sab, showOutput: log.showOutput };
+    const ft = this.ft!;
+    const init = { sabs: ft.shared.sabs, stdoutSab: ft.stdout.sab, stderrSab: ft.stderr.sab };
+    if (log.mode === 'ft-primary') return { mode: 'ft-primary', ft: init };
+    return { mode: 'ft-backup', ringSab: ft.replay!.ring.sab, ft: init };
+  }
+
+  private makeGate(ft: FtState): OutputGate {
+    const stdio = this.config.stdioFds ?? { stdout: 1, stderr: 2 };
+    ft.gate = new OutputGate(
+      ft.shared,
+      { stdout: { ch: ft.stdout, fd: stdio.stdout }, stderr: { ch: ft.stderr, fd: stdio.stderr } },
+      () => this.ctl.wakeVcpu(),
+    );
+    return ft.gate;
+  }
+
+  // ------------------------------------------------------------------ FT
+
+  /** The FT log stream and control of an FT VM (primary, or backup once live). */
+  ftLog(): FtShared {
+    if (this.ft === null) throw new Error('not an FT VM');
+    return this.ft.shared;
+  }
+
+  /**
+   * Hands the FT log stream to `onBytes` as the vCPU produces it, with the
+   * highest host call complete at the end of each piece, until the VM ends
+   * (then the last bytes, with the trailer of a clean stop, are handed over
+   * too). A primary's stream starts with its first RECORDS frame: the caller
+   * puts `logPrefix()` before it.
+   */
+  streamFtLog(onBytes: (bytes: Buffer, lastEventSeq: number) => void): void {
+    const shared = this.ftLog();
+    let ended = false;
+    void this.outcome?.then(() => {
+      ended = true;
+    });
+    // The vCPU writes a frame in pieces, so bytes are handed on only in whole frames, each
+    // RECORDS frame saying itself how many calls are complete at its end.
+    let pending: Buffer = Buffer.alloc(0);
+    let events = this.ft?.live?.events ?? 0;
+    void (async () => {
+      for (;;) {
+        const endedBefore = ended;
+        const bytes = shared.log.take();
+        if (bytes !== null) {
+          pending = pending.byteLength === 0 ? bytes : Buffer.concat([pending, bytes]);
+          const whole = wholeFrames(pending);
+          if (whole.bytes > 0) {
+            if (whole.events !== null) events = whole.events;
+            const out = pending.subarray(0, whole.bytes);
+            pending = pending.subarray(whole.bytes);
+            onBytes(out, events - 1);
+          }
+        } else if (endedBefore) return;
+        else await shared.log.waitReadable(100);
+      }
+    })();
+  }
+
+  /**
+   * The log header of this VM as configured (folders hashed now, so call it
+   * before the guest runs), as `lockstep record` writes it.
+   */
+  logHeader(): LogHeader {
+    const c = this.config;
+    return {
+      moduleSha256: Buffer.from(this.module.sha256, 'hex'),
+      sourceSha256: Buffer.from(this.module.sourceSha256, 'hex'),
+      memoryMaxPages: c.memoryMaxMib * PAGES_PER_MIB,
+      callDepthMax: CALL_DEPTH_MAX,
+      fuelBudget: c.cpuBudget,
+      args: c.args,
+      env: c.env,
+      listeners: c.listen.map((l) =>
+        l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`,
+      ),
+      preopens: this.preopens.map((p) => ({
+        guestPath: p.guestPath,
+        manifestSha256: folderManifestSha256(p.hostPath),
+      })),
+      stdin: c.stdin !== null && c.stdin !== undefined,
+      nodeVersion: process.version,
+      arch: process.arch,
+      createdAtMs: Date.now(),
+    };
+  }
+
+  /** The first bytes of a log stream: the preamble and the header frame. */
+  static logPrefix(header: LogHeader): Buffer {
+    return Buffer.concat([preamble(), encodeFrame(FrameKind.HEADER, encodeHeader(header))]);
+  }
+
+  /** The Output Rule's gate (a primary's, or a backup's once it is live); null before. */
+  get outputGate(): OutputGate | null {
+    return this.ft?.gate ?? null;
+  }
+
+  /** The backup acknowledged every call up to `ackedEventSeq`: their outputs may leave. */
+  releaseOutputs(ackedEventSeq: number): void {
+    this.ft?.gate?.release(ackedEventSeq);
+  }
+
+  /** No backup protects the VM any more (it won the right to run alone): outputs leave at once. */
+  releaseAllOutputs(): void {
+    this.ft?.gate?.releaseAll();
+  }
+
+  /** Slows the primary at its host calls (the lag bound), or lets it run. */
+  throttle(on: boolean): void {
+    this.ft?.shared.setThrottle(on);
+  }
+
+  /** Whether an FT backup has gone live, and after how many replayed calls. */
+  get liveAfterEvents(): number | null {
+    return this.ft?.live?.events ?? null;
+  }
+
+  /** Backup: bytes of the received stream that form whole frames (the prefix it replays). */
+  get consumedLogBytes(): number {
+    return this.ft?.replay?.scanner.consumedBytes ?? 0;
+  }
+
+  /** Backup: bytes received and not yet handed to the replaying vCPU. */
+  get replayQueuedBytes(): number {
+    return this.ft?.replay?.queuedBytes ?? 0;
+  }
+
+  /**
+   * Backup: feeds bytes of the primary's log stream (the preamble, the header,
+   * then RECORDS frames, in order). Only whole frames reach the replayer; a
+   * frame cut by the end of what arrived waits for its rest. Throws LogError
+   * on a corrupt stream.
+   */
+  feedLog(bytes: Uint8Array): void {
+    const rp = this.ft?.replay;
+    if (rp === undefined || rp === null) throw new Error('feedLog on a VM that is not an FT backup');
+    for (const f of rp.scanner.push(bytes)) {
+      if (f.type === 'header') {
+        const why = this.headerMismatch(f.header);
+        if (why !== null)
+          throw new LogError('refused', `the primary's log does not fit this backup: ${why}`, 0);
+        continue;
+      }
+      if (f.type !== 'records') continue;
+      const prefix = recordsPrefix(f.firstSeq, f.count);
+      const body = new Uint8Array(4 + prefix.byteLength + f.records.byteLength);
+      new DataView(body.buffer).setUint32(0, prefix.byteLength + f.records.byteLength, true);
+      body.set(prefix, 4);
+      body.set(f.records, 4 + prefix.byteLength);
+      rp.queue.push(body);
+      rp.queuedBytes += body.byteLength;
+    }
+    this.pumpReplay();
+  }
+
+  /** Why a primary's log header cannot be replayed here, or null when it can. */
+  private headerMismatch(h: LogHeader): string | null {
+    if (Buffer.from(h.moduleSha256).toString('hex') !== this.module.sha256)
+      return 'it was recorded from another module (or instrumented differently)';
+    if (h.memoryMaxPages !== this.config.memoryMaxMib * PAGES_PER_MIB) return 'the memory limits differ';
+    if (h.callDepthMax !== CALL_DEPTH_MAX) return 'the call-depth limits differ';
+    if (h.listeners.length !== this.config.listen.length) return 'the numbers of listeners differ';
+    const mine = this.preopens.map((p) => p.guestPath).join('\0');
+    if (h.preopens.map((p) => p.guestPath).join('\0') !== mine) return 'the folders differ';
+    for (let i = 0; i < this.preopens.length; i++) {
+      const sha = folderManifestSha256(this.preopens[i]!.hostPath);
+      if (Buffer.compare(Buffer.from(sha), Buffer.from(h.preopens[i]!.manifestSha256)) !== 0)
+        return `the folder ${this.preopens[i]!.guestPath} does not hold what the primary's held when it started`;
+    }
+    return null;
+  }
+
+  private pumpReplay(): void {
+    const rp = this.ft?.replay;
+    if (!rp || rp.pumping) return;
+    rp.pumping = true;
+    void (async () => {
+      try {
+        while (rp.queue.length > 0) {
+          const b = rp.queue[0]!;
+          const n = rp.ring.tryWrite(b);
+          rp.queuedBytes -= n;
+          if (n === b.byteLength) rp.queue.shift();
+          else {
+            rp.queue[0] = b.subarray(n);
+            await rp.ring.waitWritable(50);
+          }
+          if (rp.ring.closed()) return;
+        }
+      } finally {
+        rp.pumping = false;
+      }
+    })();
+  }
+
+  /**
+   * Backup: go live. Every whole frame received is replayed, then the guest's
+   * host calls switch to live at the entry of the first call the log lacks;
+   * then the listeners are bound (the service address), with outputs open
+   * (no backup protects the new primary yet). Resolves with the bound
+   * addresses and the number of calls replayed.
+   */
+  async goLive(): Promise<{ addresses: ListenSpec[]; events: number }> {
+    const ft = this.ft;
+    const rp = ft?.replay;
+    if (ft === undefined || ft === null || !rp) throw new Error('goLive on a VM that is not an FT backup');
+    while (rp.queue.length > 0) {
+      this.pumpReplay();
+      await rp.ring.waitWritable(50);
+      if (this.worker === null) break;
+    }
+    rp.ring.close();
+    const events = await new Promise<number | null>((resolve) => {
+      if (ft.live !== null) return resolve(ft.live.events);
+      ft.onLive = resolve;
+      void this.outcome?.then(() => resolve(null));
+    });
+    if (events === null) throw new Error('the backup stopped before it could go live');
+    this.net = new NetDevice(
+      this.ctl,
+      this.ioPort!,
+      this.config.listen,
+      { ch: this.stdinCh!, source: this.config.stdin ?? null },
+      null,
+    );
+    const addresses = await this.net.listen();
+    this.net.setGate(this.makeGate(ft));
+    ft.gate!.releaseAll();
+    this.net.start();
+    return { addresses, events };
+  }
+
+  private onVcpuLive(events: number): void {
+    const ft = this.ft;
+    if (ft === null) return;
+    ft.live = { events };
+    ft.onLive?.(events);
+  }
+
   wait(): Promise<VmOutcome> {
     if (this.outcome === null) throw new Error('Vm.wait() before start()');
     return this.outcome;
   }
+}
+
+/**
+ * The length of the whole frames at the start of `b`, and the events
+ * complete at the end of the last RECORDS frame among them (null if none).
+ * Frame layout: kind u8, body length varint, body, crc u32
+ * (docs/LOG-FORMAT.md); a RECORDS body starts with firstSeq and count.
+ */
+export function wholeFrames(b: Buffer): { bytes: number; events: number | null } {
+  let at = 0;
+  let events: number | null = null;
+  while (at < b.byteLength) {
+    const r = new ByteReader(b.subarray(at));
+    let bodyBytes: number;
+    try {
+      r.u8();
+      bodyBytes = r.varint();
+    } catch {
+      break; // the length is not all here yet
+    }
+    const end = at + r.pos + bodyBytes + 4;
+    if (end > b.byteLength) break;
+    if (b[at] === FrameKind.RECORDS) {
+      const body = new ByteReader(b.subarray(at + r.pos, at + r.pos + bodyBytes));
+      const firstSeq = body.varint();
+      events = firstSeq + body.varint();
+    }
+    at = end;
+  }
+  return { bytes: at, events };
 }

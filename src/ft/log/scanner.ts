@@ -82,6 +82,11 @@ export class LogScanner {
     return this.nextSeq;
   }
 
+  /** Bytes consumed as the preamble and whole frames: the log's valid prefix so far. */
+  get consumedBytes(): number {
+    return this.offset;
+  }
+
   /** Feeds bytes; returns the frames completed by them. Throws LogError. */
   push(chunk: Uint8Array): ScanFrame[] {
     if (chunk.byteLength === 0) return [];

@@ -58,8 +58,9 @@ import { PATH_BYTES_MAX } from '../fs/limits.js';
 import type { Clock } from '../../io/clock.js';
 import type { Entropy } from '../../io/entropy.js';
 import { hashBig, hashBytes, hashFinish16, hashRange, hashStart, hashWord } from '../../core/hash.js';
-import { ReplayStop, type RecordTape, type ReplayTape } from '../../ft/tape.js';
+import { EndOfLog, ReplayStop, type RecordTape, type ReplayTape } from '../../ft/tape.js';
 import type { OutputLedger } from '../../ft/outputs.js';
+import { STDERR_KEY, STDOUT_KEY, type FtShared } from '../ft-shared.js';
 
 /** A guest descriptor. */
 type FdEntry =
@@ -122,8 +123,35 @@ export const RANDOM_BYTES_PER_CALL_MAX = 16 * 1024 * 1024;
 /** Errnos that mean the host's own disk failed: on a replaying host, that side's failure. */
 export const HOST_DISK_ERRNOS: ReadonlySet<number> = new Set([Errno.NOSPC, Errno.IO, Errno.DQUOT]);
 const NS_PER_MS = 1_000_000n;
+/** What markOutput sleeps on for a moment while the marks ring is full. */
+const ftSleep = new Int32Array(new SharedArrayBuffer(4));
 
 export type WasiImports = Record<WasiFunctionName, (...args: never[]) => number | bigint | void>;
+
+/**
+ * What the host calls of an FT VM need beyond a recorder's (src/vm/ft-shared.ts,
+ * docs/FT.md). On a primary, every output also leaves a mark, stdout and
+ * stderr go through channels the main thread drains as the Output Rule
+ * allows, and a blocking write returns a short count rather than wait for
+ * ring space its own bytes hold (a call never waits for its own release). On a
+ * backup, the end of the received log at a call's entry is the go-live point.
+ */
+export interface FtHostCaps {
+  shared: FtShared;
+  stdout: Channel;
+  stderr: Channel;
+  /** A backup's go-live: the tape that continues the log after `events` replayed calls. */
+  goLive(events: number): RecordTape;
+  /** After the switch: the host now runs live, recording from `events`. */
+  wentLive(events: number): void;
+}
+
+/**
+ * How long a completed call that produced output may wait in the tape before
+ * the next host call flushes it. A guest that never sleeps (every poll finds
+ * work) would otherwise hold its outputs until a frame fills.
+ */
+const OUTPUT_FLUSH_DELAY_MS = 0.2;
 
 /** How the host relates to an event log. */
 export type LogMode =
@@ -194,8 +222,14 @@ export class WasiHost {
   readonly trace: Map<string, Map<number, number>> | null;
   private readonly argvBytes: Uint8Array[];
   private readonly envBytes: Uint8Array[];
-  private readonly rec: RecordTape | null;
-  private readonly rep: ReplayTape | null;
+  /** The recording tape; on an FT backup it appears at go-live, when `rep` goes. */
+  private rec: RecordTape | null;
+  private rep: ReplayTape | null;
+  private readonly ft: FtHostCaps | null;
+  /** Set when the replay tape ran out at a call's entry: the go-live point of a backup. */
+  private endAtEntry = false;
+  /** performance.now() of the first output not yet flushed to the log, or null. */
+  private outputPendingSinceMs: number | null = null;
   private readonly outputs: OutputLedger | null;
   /** Iovecs parsed by the argument hash of the current call (see sourceIovecs). */
   private iovCache: { ptr: number; len: number; bufs: Uint8Array[] } | null = null;
@@ -205,10 +239,12 @@ export class WasiHost {
   constructor(
     cfg: WasiHostConfig,
     private readonly caps: WasiHostCaps,
-    opts: { traceCalls?: boolean; log?: LogMode } = {},
+    opts: { traceCalls?: boolean; log?: LogMode; ft?: FtHostCaps } = {},
   ) {
     this.trace = opts.traceCalls === true ? new Map() : null;
     const log = opts.log ?? { mode: 'live' };
+    this.ft = opts.ft ?? null;
+    if (this.ft !== null && log.mode === 'live') throw new Error('an FT VM keeps a log');
     this.rec = log.mode === 'record' ? log.tape : null;
     this.rep = log.mode === 'replay' ? log.tape : null;
     this.outputs = log.mode === 'live' ? null : log.outputs;
@@ -234,6 +270,11 @@ export class WasiHost {
     return this.mem;
   }
 
+  /** The tape recording this host's calls, if any (an FT backup's appears at go-live). */
+  get recording(): RecordTape | null {
+    return this.rec;
+  }
+
   /** Whether this host replays a log (streams are phantoms, inputs come from the log). */
   get replaying(): boolean {
     return this.rep !== null;
@@ -251,12 +292,29 @@ export class WasiHost {
       const impl = (this as unknown as Record<string, (...a: unknown[]) => number>)[name];
       if (typeof impl !== 'function') throw new Error(`WasiHost lacks ${name}`);
       const bound = impl.bind(this);
-      const gated =
-        this.rec !== null
-          ? this.loggedGate(name, fnId, bound, this.recordLog(this.rec))
-          : this.rep !== null
-            ? this.loggedGate(name, fnId, bound, this.replayLog(this.rep))
-            : this.gate(name, bound);
+      let gated: (...a: never[]) => number;
+      if (this.rec === null && this.rep === null) gated = this.gate(name, bound);
+      else if (this.ft === null) {
+        gated =
+          this.rec !== null
+            ? this.loggedGate(name, fnId, bound, this.recordLog())
+            : this.loggedGate(name, fnId, bound, this.replayLog());
+      } else {
+        // An FT VM may switch from replay to recording (a backup's go-live), so it picks its gate
+        // per call; the switch happens at the entry of the first call the received log lacks.
+        const recGate = this.loggedGate(name, fnId, bound, this.recordLog());
+        const repGate = this.loggedGate(name, fnId, bound, this.replayLog());
+        gated = (...args: never[]): number => {
+          if (this.rep === null) return recGate(...args);
+          try {
+            return repGate(...args);
+          } catch (e) {
+            if (!(e instanceof EndOfLog && this.endAtEntry)) throw e;
+            this.switchToLive();
+            return recGate(...args);
+          }
+        };
+      }
       out[name] = this.traced(name, gated);
     });
     return out as WasiImports;
@@ -384,6 +442,7 @@ export class WasiHost {
     return (...args: unknown[]): number => {
       const stop = ctl.stopRequested();
       if (stop !== 0) throw new StopRequested(stop);
+      if (this.ft !== null && this.rec !== null) this.ftEntry();
       const mem = this.memory;
       mem.refresh();
       this.iovCache = null;
@@ -410,21 +469,114 @@ export class WasiHost {
     };
   }
 
-  private recordLog(rec: RecordTape): CallLog {
+  private recordLog(): CallLog {
     return {
-      begin: (fnId, argHash) => rec.begin(fnId, argHash),
-      end: (ret) => rec.end(ret, rec.itemsUsed ? null : this.effectHash()),
-      exited: () => rec.end(undefined, null),
-      interrupted: () => rec.abort(),
+      begin: (fnId, argHash) => this.rec!.begin(fnId, argHash),
+      end: (ret) => this.rec!.end(ret, this.rec!.itemsUsed ? null : this.effectHash()),
+      exited: () => this.rec!.end(undefined, null),
+      interrupted: () => this.rec!.abort(),
     };
   }
 
-  private replayLog(rep: ReplayTape): CallLog {
+  /**
+   * At a recorded FT call's entry: outputs that waited long enough leave in a
+   * frame (so the backup can acknowledge them), and a throttled primary waits
+   * for its backup here, between calls, where waiting changes no result.
+   */
+  private ftEntry(): void {
+    const rec = this.rec!;
+    const ft = this.ft!;
+    if (
+      this.outputPendingSinceMs !== null &&
+      performance.now() - this.outputPendingSinceMs >= OUTPUT_FLUSH_DELAY_MS
+    ) {
+      rec.flush();
+      this.outputPendingSinceMs = null;
+    }
+    if (!ft.shared.throttled()) return;
+    rec.flush();
+    this.outputPendingSinceMs = null;
+    while (ft.shared.throttled()) {
+      const stop = this.caps.ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      ft.shared.waitThrottle(10);
+    }
+  }
+
+  /**
+   * After output on a recorded FT call: the mark that lets the main thread
+   * release it once the backup acknowledges this call. Waits (flushing the log,
+   * so acknowledgements can come) while the marks ring is full.
+   */
+  private markOutput(connKey: number, ch: Channel, flags: number): void {
+    const ft = this.ft;
+    const rec = this.rec;
+    if (ft === null || rec === null) return;
+    const mark = { connKey, txHead: ch.txHead(), flags, seq: rec.events };
+    while (!ft.shared.writeMark(mark)) {
+      rec.flush();
+      this.caps.ctl.pokeIo();
+      const stop = this.caps.ctl.stopRequested();
+      if (stop !== 0) throw new StopRequested(stop);
+      Atomics.wait(ftSleep, 0, 0, 1);
+    }
+    this.outputPendingSinceMs ??= performance.now();
+    this.caps.ctl.pokeIo();
+  }
+
+  /**
+   * A backup's go-live, at the entry of the first call its log lacks: from
+   * here on calls run live and are recorded (continuing the sequence, for a
+   * later backup). Connections replayed from the log lived in the dead
+   * primary's kernel, so they read as reset; the monotonic clock continues
+   * from the last value the guest saw.
+   */
+  private switchToLive(): void {
+    const ft = this.ft!;
+    const events = this.rep!.events;
+    this.endAtEntry = false;
+    this.rep = null;
+    this.rec = ft.goLive(events);
+    for (const e of this.fds.values()) {
+      if (e.kind === 'socket' && e.connId < 0) {
+        e.ch.setRxFlag(RxFlag.RESET);
+        e.ch.setTxFlag(TxFlag.BROKEN);
+      }
+    }
+    const base = this.caps.clock;
+    const lastMonoNs = this.lastClockNs[Clockid.MONOTONIC]!;
+    const offsetNs = lastMonoNs - base.monotonicNs();
+    if (offsetNs > 0n) {
+      this.caps.clock = {
+        monotonicNs: () => base.monotonicNs() + offsetNs,
+        realtimeNs: () => base.realtimeNs(),
+        cpuTimeNs: () => base.cpuTimeNs(),
+      };
+    }
+    ft.wentLive(events);
+    const stdin = this.fds.get(0);
+    if (stdin?.kind === 'stdin' && (stdin.ch.rxFlags() & RxFlag.WANTED) !== 0) {
+      this.caps.postToIo({ type: 'stdin-wanted' });
+    }
+  }
+
+  private replayLog(): CallLog {
     const effect = (): number | null => this.effectHash();
     return {
-      begin: (fnId, argHash, args) => rep.begin(fnId, argHash, args),
-      end: (ret) => rep.end(ret, effect, HOST_DISK_ERRNOS),
-      exited: () => rep.endNoReturn(),
+      begin: (fnId, argHash, args) => {
+        try {
+          this.rep!.begin(fnId, argHash, args);
+        } catch (e) {
+          // Only the end of the log at a call's entry is a go-live point (see imports()).
+          if (e instanceof EndOfLog) this.endAtEntry = true;
+          throw e;
+        }
+      },
+      end: (ret) => {
+        this.rep!.end(ret, effect, HOST_DISK_ERRNOS);
+        this.ft?.shared.noteReplayed(this.rep!.events);
+      },
+      exited: () => this.rep!.endNoReturn(),
       interrupted: () => {},
     };
   }
@@ -607,6 +759,7 @@ export class WasiHost {
         e.ch.setTxFlag(TxFlag.CLOSE);
         this.caps.ctl.pokeIo();
         this.outputs?.close(fd);
+        if (e.connId > 0) this.markOutput(e.connId, e.ch, TxFlag.CLOSE);
         return Errno.SUCCESS;
       case 'listener':
         this.caps.postToIo({ type: 'listener-closed', listener: e.listener });
@@ -922,6 +1075,7 @@ export class WasiHost {
         if (!r.ok) return r.errno;
         n = r.value;
         this.outputs?.data(fd, bufs, n);
+        if (e.connId > 0) this.markOutput(e.connId, e.ch, 0);
         break;
       }
       case 'dir':
@@ -936,6 +1090,14 @@ export class WasiHost {
   /** Nondeterministic input: how much of a stdout/stderr write the host took (PIPE when its reader left). */
   private stdioWriteResult(kind: 'stdout' | 'stderr', bufs: Uint8Array[]): IoResult {
     if (this.rep !== null) return this.takeResult(bufs);
+    if (this.ft !== null) {
+      // An FT VM's console output waits for the backup like any output (the Output Rule).
+      const ch = kind === 'stdout' ? this.ft.stdout : this.ft.stderr;
+      const r = this.streamWrite(ch, 0, bufs);
+      this.rec?.putU(encodeResult(r));
+      if (r.ok) this.markOutput(kind === 'stdout' ? STDOUT_KEY : STDERR_KEY, ch, 0);
+      return r;
+    }
     let n = 0;
     let r: IoResult | null = null;
     const sink = kind === 'stdout' ? this.caps.out.stdout : this.caps.out.stderr;
@@ -1325,6 +1487,9 @@ export class WasiHost {
       n += k;
       if (n === total) break;
       if (nonblock) break;
+      // An FT primary's bytes leave the ring only once the backup has this call's record, which
+      // it cannot have before the call returns: what is in, is the answer (a short write).
+      if (n > 0 && this.ft !== null && this.rec !== null) break;
       // A blocking socket accepts everything, as on Linux: wait for the I/O side to drain the ring.
       const writable = (): boolean => ch.txSpace() > 0 || (ch.txFlags() & TxFlag.BROKEN) !== 0;
       ch.setTxFlag(TxFlag.WANT_SPACE);
@@ -1411,6 +1576,7 @@ export class WasiHost {
     const r = this.streamWriteResult(e.ch, e.fdflags, bufs);
     if (!r.ok) return r.errno;
     this.outputs?.data(fd, bufs, r.value);
+    if (e.connId > 0) this.markOutput(e.connId, e.ch, 0);
     this.memory.setU32(nwrittenPtr, r.value);
     return Errno.SUCCESS;
   }
@@ -1427,6 +1593,7 @@ export class WasiHost {
     if ((how & Sdflags.WR) !== 0) e.ch.setTxFlag(TxFlag.SHUT_WR);
     this.caps.ctl.pokeIo();
     this.outputs?.shutdown(fd, how);
+    if ((how & Sdflags.WR) !== 0 && e.connId > 0) this.markOutput(e.connId, e.ch, TxFlag.SHUT_WR);
     return Errno.SUCCESS;
   }
 
