@@ -48,7 +48,14 @@ export class OutputGate {
     private readonly consoles: { stdout: ConsoleSink; stderr: ConsoleSink },
     /** Wakes the vCPU (a console write waiting for ring space). */
     private readonly wakeVcpu: () => void,
-  ) {}
+    /**
+     * TESTING ONLY, a planted bug: release every output at once, without
+     * waiting for the backup. The crash suite must catch it (docs/FT.md).
+     */
+    private readonly plantedReleaseBeforeAck = false,
+  ) {
+    if (plantedReleaseBeforeAck) this.releasedSeq = Infinity;
+  }
 
   /** Outputs written and not yet released (a gauge for tests and metrics). */
   get heldMarks(): number {
@@ -81,6 +88,7 @@ export class OutputGate {
    */
   closeAt(seq: number): void {
     this.poll();
+    if (this.plantedReleaseBeforeAck) return;
     this.releasedSeq = seq;
   }
 

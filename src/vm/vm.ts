@@ -83,6 +83,8 @@ export interface VmConfig {
   stdioFds?: { stdout: number; stderr: number };
   /** Instrument on a worker thread, so a cold cache does not stall this thread (host daemons). */
   instrumentInWorker?: boolean;
+  /** TESTING ONLY: an FT primary releases outputs without waiting for acknowledgements (a planted bug). */
+  ftPlantReleaseBeforeAck?: boolean;
   /** Seed for the NetDevice's I/O chaos (tests of record/replay under hostile networks); null: none. */
   ioChaosSeed?: number | null;
 }
@@ -342,6 +344,7 @@ export class Vm {
       ft.shared,
       { stdout: { ch: ft.stdout, fd: stdio.stdout }, stderr: { ch: ft.stderr, fd: stdio.stderr } },
       () => this.ctl.wakeVcpu(),
+      this.config.ftPlantReleaseBeforeAck === true,
     );
     return ft.gate;
   }

@@ -19,13 +19,11 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ReplyError } from 'ioredis';
 import { testSeed } from '../../src/core/prng.js';
-import { History, mergeHistories, parseKvHistory, type KvOpRecord } from '../checker/history.js';
+import { History, mergeHistories } from '../checker/history.js';
 import { INCR_ERROR_NOT_INTEGER } from '../checker/kv-model.js';
 import { checkKvHistory, formatCheckResult } from '../checker/linearizability.js';
 import {
@@ -36,11 +34,10 @@ import {
   monotonicNowMs,
   readKeys,
   runLoad,
-  type LoadStats,
 } from './load-client.js';
-import { ROOT, tempDir } from './harness.js';
+import { tempDir } from './harness.js';
+import { finalStats, loadArgs, readHistory, startLoadProcess } from './load-process.js';
 
-const LOAD_CLIENT = fileURLToPath(new URL('./load-client.js', import.meta.url));
 const HOST = '127.0.0.1';
 const HAS_REDIS = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
 const SKIP = HAS_REDIS ? false : 'redis-server is not installed';
@@ -48,8 +45,6 @@ const SKIP = HAS_REDIS ? false : 'redis-server is not installed';
 const REDIS_START_TIMEOUT_MS = 5_000;
 /** How long a wait on the load client's progress may take before the test fails. */
 const PROGRESS_TIMEOUT_MS = 10_000;
-/** A load client still running after this long is killed, so a hang fails its test instead of the suite. */
-const LOAD_PROCESS_KILL_MS = 30_000;
 
 const children = new Set<ChildProcess>();
 const cleanups: (() => void)[] = [];
@@ -138,98 +133,6 @@ async function killRedis(server: RedisServer): Promise<void> {
   await server.exited;
 }
 
-interface LoadProcess {
-  readonly child: ChildProcess;
-  /** The latest progress report, null before the first. */
-  latest(): LoadStats | null;
-  readonly exited: Promise<{
-    code: number | null;
-    signal: NodeJS.Signals | null;
-    stdout: string;
-    stderr: string;
-  }>;
-}
-
-/** Runs `node load-client.js ARGS` as a separate process, collecting its progress reports. */
-function startLoadProcess(args: string[]): LoadProcess {
-  const child = spawn(process.execPath, [LOAD_CLIENT, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let stdout = '';
-  let stderr = '';
-  let pendingLine = '';
-  let latest: LoadStats | null = null;
-  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => {
-    const text = pendingLine + d.toString();
-    const lines = text.split('\n');
-    pendingLine = lines.pop() ?? '';
-    for (const line of lines) {
-      if (line.startsWith('{"progress":')) latest = (JSON.parse(line) as { progress: LoadStats }).progress;
-      else stderr += line + '\n';
-    }
-  });
-  const killer = setTimeout(() => child.kill('SIGKILL'), LOAD_PROCESS_KILL_MS);
-  const exited = new Promise<{
-    code: number | null;
-    signal: NodeJS.Signals | null;
-    stdout: string;
-    stderr: string;
-  }>((resolve) =>
-    child.once('close', (code, signal) => {
-      clearTimeout(killer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr: stderr + pendingLine });
-    }),
-  );
-  return { child, latest: () => latest, exited };
-}
-
-function loadArgs(o: {
-  port: number;
-  clients: number;
-  keys: number;
-  durationMs: number;
-  opsMax: number;
-  seed: number;
-  out: string;
-}): string[] {
-  return [
-    '--host',
-    HOST,
-    '--port',
-    String(o.port),
-    '--clients',
-    String(o.clients),
-    '--keys',
-    String(o.keys),
-    '--duration-ms',
-    String(o.durationMs),
-    '--ops-max',
-    String(o.opsMax),
-    '--seed',
-    String(o.seed),
-    '--out',
-    o.out,
-    '--timeout-ms',
-    '5000',
-  ];
-}
-
-function readHistory(file: string): KvOpRecord[] {
-  const parsed = parseKvHistory(readFileSync(file, 'utf8'));
-  assert.ok(parsed.ok, parsed.ok ? '' : parsed.error);
-  return parsed.operations;
-}
-
-/** The stats line the load client prints last on stdout. */
-function finalStats(stdout: string): LoadStats {
-  const line = stdout.trim().split('\n').pop() ?? '';
-  return JSON.parse(line) as LoadStats;
-}
-
 test('error classification: only a command ioredis never wrote is a fail', () => {
   assert.deepEqual(classifyError(new Error(NOT_WRITEABLE_MESSAGE)), {
     status: 'fail',
@@ -263,6 +166,7 @@ test(
       const out = path.join(dir.dir, 'history.json');
       const keys = 16;
       const load = startLoadProcess(
+        children,
         loadArgs({ port, clients: 4, keys, durationMs: 1_500, opsMax: 200_000, seed, out }),
       );
       const r = await load.exited;
@@ -301,6 +205,7 @@ test(
     const keys = 16;
     // The duration is only an upper bound: the test stops the client with SIGTERM.
     const load = startLoadProcess(
+      children,
       loadArgs({ port, clients: 4, keys, durationMs: 20_000, opsMax: 2_000_000, seed, out }),
     );
     try {

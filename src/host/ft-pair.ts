@@ -1,0 +1,429 @@
+/**
+ * The two sides of an FT pair on their hosts' main threads: they join a VM
+ * (src/vm) to the logging channel (src/io/ft-link.ts). The host daemon
+ * decides who is primary and who is backup; these carry it out.
+ *
+ * FtPrimarySide keeps the VM's whole log stream in a file (the preamble, the
+ * header, every RECORDS frame) and serves it to a backup from the first
+ * event: first from the file, then, once caught up, straight from the vCPU.
+ * The backup's acknowledgements release outputs (the Output Rule), its
+ * replay progress gives the lag, and a lag above the bound throttles the
+ * primary at its host calls.
+ *
+ * FtBackupSide feeds what arrives to a replaying VM and keeps the same file,
+ * so that after it goes live it can serve a backup of its own from the first
+ * event too.
+ *
+ * Invariants:
+ * - The file holds a valid log prefix at every moment: the primary writes
+ *   only whole frames (Vm.streamFtLog hands out nothing else), and a backup
+ *   cuts its copy back to the whole frames it replayed when it goes live.
+ * - What the channel carries is the file's content, byte for byte, from
+ *   offset 0: a backup always starts from the first event (live cloning is a
+ *   later step).
+ * - lastEventSeq handed to the sender never runs ahead of the bytes.
+ */
+import { closeSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import type { Vm } from '../vm/vm.js';
+import { wholeFrames } from '../vm/vm.js';
+import { PREAMBLE_BYTES } from '../ft/log/format.js';
+import { LogError } from '../ft/log/scanner.js';
+import {
+  connectFtLink,
+  type FtAddress,
+  type FtBackupLink,
+  type FtCloseReason,
+  type FtLinkCommon,
+  type FtLinkServer,
+  type FtLogger,
+  type FtPrimaryLink,
+} from '../io/ft-link.js';
+import type { LogReceiverOptions, LogSenderOptions } from '../ft/channel.js';
+
+/** How much of the file a catch-up read takes at once. */
+const CATCH_UP_CHUNK_BYTES = 1024 * 1024;
+/** How often a backup reports its replay progress. */
+const REPLAY_REPORT_MS = 20;
+/** A backup stops reading the channel while this much waits to enter its replay ring. */
+const BACKUP_QUEUE_BYTES_MAX = 32 * 1024 * 1024;
+
+export type Protection = 'syncing' | 'protected' | 'unprotected';
+
+export interface FtLag {
+  events: number;
+  bytes: number;
+  ms: number;
+}
+
+export interface FtPrimarySideOptions {
+  vm: Vm;
+  vmName: string;
+  /** The log file: created for a fresh primary, continued for a backup that went live. */
+  logPath: string;
+  /** A fresh primary: the stream's first bytes (Vm.logPrefix). Null: the file already has them. */
+  prefix: Buffer | null;
+  /** A backup that went live: the file's valid length and the calls it holds. */
+  continueAt?: { fileBytes: number; events: number };
+  server: FtLinkServer;
+  sender?: LogSenderOptions;
+  /** Above this replay lag the primary is slowed at its host calls (guarantee 5). */
+  lagBoundMs: number;
+  log: FtLogger;
+  /** Protection changed (for the VM's status). */
+  onProtection?(p: Protection, reason: string | null): void;
+  /** An established session closed: the backup is lost. */
+  onBackupLost?(reason: FtCloseReason): void;
+}
+
+export class FtPrimarySide {
+  private readonly fd: number;
+  private fileBytes: number;
+  /** Calls whose records are in the file. */
+  private fileEvents: number;
+  private link: FtPrimaryLink | null = null;
+  /** File bytes appended to the current link. */
+  private sent = 0;
+  private sentEvents = 0;
+  private catchingUp = false;
+  private protection: Protection = 'unprotected';
+  private throttled = false;
+  private closed = false;
+
+  constructor(private readonly o: FtPrimarySideOptions) {
+    if (o.prefix !== null) {
+      // Read back too: a backup that attaches later is served from this file.
+      this.fd = openSync(o.logPath, 'w+', 0o600);
+      writeSync(this.fd, o.prefix);
+      this.fileBytes = o.prefix.byteLength;
+      this.fileEvents = 0;
+    } else {
+      const at = o.continueAt;
+      if (at === undefined) throw new Error('FtPrimarySide: a continued log needs continueAt');
+      this.fd = openSync(o.logPath, 'r+');
+      ftruncateSync(this.fd, at.fileBytes);
+      this.fileBytes = at.fileBytes;
+      this.fileEvents = at.events;
+    }
+    o.vm.streamFtLog((bytes, lastEventSeq) => this.onLogBytes(bytes, lastEventSeq));
+  }
+
+  get state(): Protection {
+    return this.protection;
+  }
+
+  get backupAttached(): boolean {
+    return this.link !== null;
+  }
+
+  get logBytes(): number {
+    return this.fileBytes;
+  }
+
+  get events(): number {
+    return this.fileEvents;
+  }
+
+  /** The replay lag: calls and bytes not yet replayed or received, and how long. */
+  lag(): FtLag | null {
+    const l = this.link;
+    if (l === null) return null;
+    const lag = l.lag();
+    return { events: lag.events, bytes: lag.bytes, ms: lag.ms };
+  }
+
+  /**
+   * Serves the VM to `backup` (its registered incarnation) at `generation`.
+   * From now on outputs wait for that backup's acknowledgements.
+   */
+  offer(generation: number, backup: string, backupIncarnation: string): void {
+    const vm = this.o.vm;
+    // Everything already released stays released; what comes next waits for the backup.
+    vm.outputGate?.closeAt(vm.outputGate.releasedEventSeq === Infinity ? this.fileEvents - 1 : -1);
+    this.o.server.offer(this.o.vmName, {
+      generation,
+      backup,
+      backupIncarnation,
+      ...(this.o.sender !== undefined ? { sender: this.o.sender } : {}),
+      startFrom: (asked) =>
+        asked.offset === 0 && asked.events === 0
+          ? { offset: 0, events: 0 }
+          : 'this primary serves its log from the first event only',
+      onSession: (link) => this.onSession(link),
+      onAck: (_link, ack) => this.onAck(ack.ackedEventSeq, ack.replayedEventSeq),
+      onClose: (_link, reason) => this.onClose(reason),
+      onRefused: (r) => this.o.log.warn({ vm: this.o.vmName, ...r }, `ft: refused ${r.from}: ${r.reason}`),
+    });
+    this.setProtection('unprotected', `waiting for ${backup} to attach`);
+  }
+
+  /** No backup any more: outputs leave at once (the caller won the right to run alone). */
+  runAlone(reason: string): void {
+    this.o.server.withdraw(this.o.vmName);
+    this.link = null;
+    this.o.vm.releaseAllOutputs();
+    this.setThrottle(false);
+    this.setProtection('unprotected', reason);
+  }
+
+  /** Stops serving; the file is closed (the VM's stop is the caller's). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.o.server.withdraw(this.o.vmName);
+    this.link = null;
+    try {
+      closeSync(this.fd);
+    } catch {
+      // Already closed.
+    }
+  }
+
+  private onLogBytes(bytes: Buffer, lastEventSeq: number): void {
+    if (this.closed) return;
+    const before = this.fileBytes;
+    let off = 0;
+    while (off < bytes.byteLength)
+      off += writeSync(this.fd, bytes, off, bytes.byteLength - off, before + off);
+    this.fileBytes += bytes.byteLength;
+    this.fileEvents = lastEventSeq + 1;
+    const link = this.link;
+    if (link === null || this.catchingUp || this.sent !== before) return;
+    const r = link.append(bytes, lastEventSeq);
+    if (r.ok) {
+      this.sent = this.fileBytes;
+      this.sentEvents = this.fileEvents;
+      this.setThrottle(r.overHighWater || this.overLag());
+    } else {
+      // The sender is full: the file has the bytes, and the catch-up loop sends them as acks free room.
+      this.setThrottle(true);
+      void this.catchUp();
+    }
+  }
+
+  private onSession(link: FtPrimaryLink): void {
+    this.link = link;
+    this.sent = 0;
+    this.sentEvents = 0;
+    this.setProtection('syncing', null);
+    this.o.log.info({ vm: this.o.vmName, backup: link.backup }, `ft: ${link.backup} attached; syncing`);
+    void this.catchUp();
+  }
+
+  /** Sends the file from `sent` while the sender has room, in whole frames. */
+  private async catchUp(): Promise<void> {
+    if (this.catchingUp) return;
+    this.catchingUp = true;
+    try {
+      const buf = Buffer.allocUnsafe(CATCH_UP_CHUNK_BYTES);
+      for (;;) {
+        const link = this.link;
+        if (link === null || link.isClosed || this.closed) return;
+        if (this.sent >= this.fileBytes) return;
+        const space = link.spaceBytes;
+        if (space < Math.min(CATCH_UP_CHUNK_BYTES, this.fileBytes - this.sent)) {
+          // Acks free room; poll gently rather than busily.
+          await new Promise((r) => setTimeout(r, 5));
+          continue;
+        }
+        if (this.sent < PREAMBLE_BYTES) {
+          const n = readSync(this.fd, buf, 0, PREAMBLE_BYTES - this.sent, this.sent);
+          this.appendFromFile(link, buf.subarray(0, n), this.sentEvents - 1);
+          continue;
+        }
+        const want = Math.min(buf.byteLength, this.fileBytes - this.sent);
+        const n = readSync(this.fd, buf, 0, want, this.sent);
+        const whole = wholeFrames(buf.subarray(0, n));
+        if (whole.bytes === 0) {
+          throw new Error(`ft log ${this.o.logPath}: no whole frame at offset ${this.sent}`);
+        }
+        const events = whole.events ?? this.sentEvents;
+        this.appendFromFile(link, Buffer.from(buf.subarray(0, whole.bytes)), events - 1);
+        // Let acks and the guest's I/O in between chunks.
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      this.catchingUp = false;
+    }
+  }
+
+  private appendFromFile(link: FtPrimaryLink, bytes: Buffer, lastEventSeq: number): void {
+    const r = link.append(bytes, Math.max(lastEventSeq, this.sentEvents - 1));
+    if (!r.ok) throw new Error(`ft: append refused during catch-up (${r.reason})`);
+    this.sent += bytes.byteLength;
+    this.sentEvents = Math.max(this.sentEvents, lastEventSeq + 1);
+  }
+
+  private onAck(ackedEventSeq: number, replayedEventSeq: number): void {
+    this.o.vm.releaseOutputs(ackedEventSeq);
+    if (
+      this.protection === 'syncing' &&
+      this.sent === this.fileBytes &&
+      replayedEventSeq + 1 >= this.sentEvents
+    ) {
+      this.setProtection('protected', null);
+      this.o.log.info({ vm: this.o.vmName }, `ft: ${this.o.vmName} protected`);
+    }
+    this.setThrottle(this.overLag() || (this.link?.overHighWater ?? false));
+    if (!this.catchingUp && this.sent < this.fileBytes) void this.catchUp();
+  }
+
+  private overLag(): boolean {
+    const lag = this.link?.lag();
+    return lag !== undefined && lag.ms > this.o.lagBoundMs;
+  }
+
+  private setThrottle(on: boolean): void {
+    if (on === this.throttled) return;
+    this.throttled = on;
+    this.o.vm.throttle(on);
+    this.o.log.info({ vm: this.o.vmName, on }, on ? 'ft: throttling the primary' : 'ft: throttle off');
+  }
+
+  /** Times the throttle engaged (tests and metrics). */
+  get throttling(): boolean {
+    return this.throttled;
+  }
+
+  private onClose(reason: FtCloseReason): void {
+    this.link = null;
+    this.setThrottle(false);
+    this.setProtection('unprotected', `backup lost: ${reason.message}`);
+    this.o.onBackupLost?.(reason);
+  }
+
+  private setProtection(p: Protection, reason: string | null): void {
+    if (p === this.protection) return;
+    this.protection = p;
+    this.o.onProtection?.(p, reason);
+  }
+}
+
+export interface FtBackupSideOptions extends FtLinkCommon {
+  vm: Vm;
+  vmName: string;
+  logPath: string;
+  primaryAddress: FtAddress;
+  primary: string;
+  primaryIncarnation: string;
+  generation: number;
+  receiver?: LogReceiverOptions;
+  log: FtLogger;
+  /** The established link closed: the primary is lost (or the channel failed). */
+  onPrimaryLost?(reason: FtCloseReason): void;
+}
+
+export class FtBackupSide {
+  private fd: number;
+  private fileBytes = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private wentLive = false;
+
+  private constructor(
+    private readonly o: FtBackupSideOptions,
+    private link: FtBackupLink | null,
+  ) {
+    this.fd = openSync(o.logPath, 'w', 0o600);
+  }
+
+  /** Connects to the primary and starts replaying; resolves with the side, or why it could not. */
+  static async connect(
+    o: FtBackupSideOptions,
+  ): Promise<{ ok: true; side: FtBackupSide } | { ok: false; reason: string; refused: boolean }> {
+    let side: FtBackupSide | null = null;
+    const pendingChunks: Buffer[] = [];
+    const r = await connectFtLink(o.primaryAddress, {
+      key: o.key,
+      clusterId: o.clusterId,
+      self: o.self,
+      selfIncarnation: o.selfIncarnation,
+      log: o.log,
+      ...(o.facts !== undefined ? { facts: o.facts } : {}),
+      ...(o.linkDelayMs !== undefined ? { linkDelayMs: o.linkDelayMs } : {}),
+      primary: o.primary,
+      primaryIncarnation: o.primaryIncarnation,
+      vm: o.vmName,
+      generation: o.generation,
+      ...(o.receiver !== undefined ? { receiver: o.receiver } : {}),
+      onLog: (link, chunk) => {
+        if (side === null) pendingChunks.push(chunk.bytes);
+        else side.onLog(link, chunk.bytes);
+      },
+      onClose: (_link, reason) => side?.onClose(reason),
+    });
+    if (!r.ok) return { ok: false, reason: r.reason, refused: r.refused };
+    side = new FtBackupSide(o, r.link);
+    for (const b of pendingChunks) side.onLog(r.link, b);
+    side.timer = setInterval(() => side!.report(), REPLAY_REPORT_MS);
+    return { ok: true, side };
+  }
+
+  get attached(): boolean {
+    return this.link !== null && !this.link.isClosed;
+  }
+
+  private onLog(link: FtBackupLink, bytes: Buffer): void {
+    if (this.wentLive) return;
+    try {
+      this.o.vm.feedLog(bytes);
+    } catch (e) {
+      const why = e instanceof LogError ? e.message : String(e);
+      this.o.log.warn({ vm: this.o.vmName, reason: why }, `ft: cannot replay the primary's log: ${why}`);
+      void link.close();
+      return;
+    }
+    let off = 0;
+    while (off < bytes.byteLength)
+      off += writeSync(this.fd, bytes, off, bytes.byteLength - off, this.fileBytes + off);
+    this.fileBytes += bytes.byteLength;
+    if (this.o.vm.replayQueuedBytes > BACKUP_QUEUE_BYTES_MAX) link.pause();
+  }
+
+  private report(): void {
+    const link = this.link;
+    if (link === null || link.isClosed) return;
+    const replayed = this.o.vm.ftLog().replayed();
+    if (replayed > 0) link.reportReplayed(replayed - 1);
+    if (this.o.vm.replayQueuedBytes < BACKUP_QUEUE_BYTES_MAX / 2) link.resume();
+  }
+
+  private onClose(reason: FtCloseReason): void {
+    if (this.wentLive) return;
+    this.o.log.info(
+      { vm: this.o.vmName, reason: reason.message },
+      `ft: lost the primary of ${this.o.vmName}: ${reason.message}`,
+    );
+    this.o.onPrimaryLost?.(reason);
+  }
+
+  /**
+   * Go-live (after the caller won the generation and fenced the old primary):
+   * stop receiving, replay every whole frame received, switch to live, bind
+   * the service address. Returns what FtPrimarySide needs to continue the log.
+   */
+  async goLive(): Promise<{ fileBytes: number; events: number }> {
+    this.wentLive = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    const link = this.link;
+    this.link = null;
+    await link?.close();
+    const fileBytes = this.o.vm.consumedLogBytes;
+    ftruncateSync(this.fd, fileBytes);
+    closeSync(this.fd);
+    const { events } = await this.o.vm.goLive();
+    return { fileBytes, events };
+  }
+
+  /** Stops following the primary (the VM's stop is the caller's). */
+  async close(): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer);
+    const link = this.link;
+    this.link = null;
+    this.wentLive = true;
+    await link?.close();
+    try {
+      closeSync(this.fd);
+    } catch {
+      // Already closed by goLive.
+    }
+  }
+}
