@@ -22,7 +22,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { Vm, type VmConfig } from '../../src/vm/vm.js';
+import { Vm } from '../../src/vm/vm.js';
+import { kvConfig, loadVm as load } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { FtLinkServer } from '../../src/io/ft-link.js';
 import { FtBackupSide, FtPrimarySide } from '../../src/host/ft-pair.js';
@@ -30,9 +31,8 @@ import { testSeed } from '../../src/core/prng.js';
 import { formatCheckResult } from '../checker/linearizability.js';
 import { checkFinalReads, loadKeyNames, readKeys } from './load-client.js';
 import { loadArgs, readHistory, startLoadProcess } from './load-process.js';
-import { CACHE_DIR, repoPath, tempDir } from './harness.js';
+import { tempDir } from './harness.js';
 
-const KV = repoPath('examples', 'kv', 'kv.wasm');
 const KEYS = 24;
 const children = new Set<ChildProcess>();
 after(() => {
@@ -51,28 +51,6 @@ async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Pr
     if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(10);
   }
-}
-
-function kvConfig(disk: string, port: number, log: VmConfig['log'], extra: Partial<VmConfig> = {}): VmConfig {
-  return {
-    wasmPath: KV,
-    args: ['kv'],
-    env: [],
-    listen: [{ host: '127.0.0.1', port }],
-    disk,
-    dirs: [],
-    memoryMaxMib: 64,
-    cpuBudget: null,
-    cacheDir: CACHE_DIR,
-    log,
-    ...extra,
-  };
-}
-
-async function load(config: VmConfig): Promise<Vm> {
-  const r = await Vm.load(config);
-  if (!r.ok) throw new Error(r.error.message);
-  return r.vm;
 }
 
 interface Pair {

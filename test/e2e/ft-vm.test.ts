@@ -11,12 +11,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { Vm, type VmConfig } from '../../src/vm/vm.js';
+import { Vm } from '../../src/vm/vm.js';
+import { kvConfig, loadVm as load } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
-import { CACHE_DIR, repoPath, tempDir } from './harness.js';
+import { tempDir } from './harness.js';
 import { Redis } from 'ioredis';
-
-const KV = repoPath('examples', 'kv', 'kv.wasm');
 
 async function client(port: number): Promise<Redis> {
   const r = new Redis({
@@ -29,27 +28,6 @@ async function client(port: number): Promise<Redis> {
   });
   await r.connect();
   return r;
-}
-
-function kvConfig(disk: string, port: number, log: VmConfig['log']): VmConfig {
-  return {
-    wasmPath: KV,
-    args: ['kv'],
-    env: [],
-    listen: [{ host: '127.0.0.1', port }],
-    disk,
-    dirs: [],
-    memoryMaxMib: 64,
-    cpuBudget: null,
-    cacheDir: CACHE_DIR,
-    log,
-  };
-}
-
-async function load(config: VmConfig): Promise<Vm> {
-  const r = await Vm.load(config);
-  if (!r.ok) throw new Error(r.error.message);
-  return r.vm;
 }
 
 /** Resolves with the next reply bytes, or null when none came within `ms`. */
