@@ -159,3 +159,108 @@ test('a host that left cleanly is taken over without waiting for its claim, stil
   assert.equal(a[0]!.type, 'place');
   assert.equal(a[0]!.type === 'place' && a[0]!.fence, 'h2');
 });
+
+// ---- FT pairs ----
+
+const ftSpec = spec({ ft: true });
+const ftPlaced = (primary: string | null, backup: string | null, generation = 1, version = 'v1') => ({
+  value: { v: 1 as const, generation, primary, backup },
+  version,
+});
+
+test('FT: the first placement names a primary and a backup on another host', () => {
+  assert.deepEqual(decide(input({ spec: ftSpec })), [
+    {
+      type: 'place',
+      expectVersion: null,
+      placement: { v: 1, generation: 1, primary: 'h1', backup: 'h2' },
+      fence: null,
+    },
+  ]);
+});
+
+test('FT: the primary starts as primary, the backup as backup, both at the placed generation', () => {
+  const placement = ftPlaced('h1', 'h2', 3);
+  assert.deepEqual(decide(input({ spec: ftSpec, placement })), [
+    { type: 'start', generation: 3, role: 'primary' },
+  ]);
+  assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement })), [
+    { type: 'start', generation: 3, role: 'backup' },
+  ]);
+  assert.deepEqual(decide(input({ self: 'h3', spec: ftSpec, placement })), []);
+});
+
+test('FT: a primary without a backup places one, keeping the generation', () => {
+  const placement = ftPlaced('h1', null, 4);
+  const local = { generation: 4, state: 'running' as const, role: 'primary' as const };
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, local })), [
+    {
+      type: 'place',
+      expectVersion: 'v1',
+      placement: { v: 1, generation: 4, primary: 'h1', backup: 'h2' },
+      fence: null,
+    },
+  ]);
+});
+
+test('FT: a backup whose primary is gone wins N+1 and fences it, without waiting for its claim', () => {
+  const placement = ftPlaced('h1', 'h2', 5);
+  const hosts = new Map<string, PeerView>([
+    ['h1', 'down'],
+    ['h2', 'up'],
+    ['h3', 'up'],
+  ]);
+  const local = { generation: 5, state: 'running' as const, role: 'backup' as const };
+  const claim = { holder: 'h1', generation: 5, unchangedMs: 10, ttlMs: 5000 };
+  assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement, hosts, local, claim })), [
+    {
+      type: 'place',
+      expectVersion: 'v1',
+      placement: { v: 1, generation: 6, primary: 'h2', backup: null },
+      fence: 'h1',
+    },
+  ]);
+  // Nobody else moves while the backup lives.
+  assert.deepEqual(decide(input({ self: 'h3', spec: ftSpec, placement, hosts, claim })), []);
+  // Having won, the backup goes live (it is not restarted).
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: ftSpec, placement: ftPlaced('h2', null, 6), hosts, local })),
+    [{ type: 'promote', generation: 6 }],
+  );
+});
+
+test('FT: a lost channel makes both members race for N+1; only the backup fences, and only a gone host', () => {
+  const placement = ftPlaced('h1', 'h2', 5);
+  const backupLocal = { generation: 5, state: 'running' as const, role: 'backup' as const };
+  const primaryLocal = { generation: 5, state: 'running' as const, role: 'primary' as const };
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: ftSpec, placement, local: backupLocal, ftPrimaryLost: true })),
+    [
+      {
+        type: 'place',
+        expectVersion: 'v1',
+        placement: { v: 1, generation: 6, primary: 'h2', backup: null },
+        fence: null,
+      },
+    ],
+  );
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, local: primaryLocal, ftBackupLost: true })), [
+    {
+      type: 'place',
+      expectVersion: 'v1',
+      placement: { v: 1, generation: 6, primary: 'h1', backup: null },
+      fence: null,
+    },
+  ]);
+  // The primary that won runs on alone; the one that lost stops and drops what it held.
+  assert.deepEqual(decide(input({ spec: ftSpec, placement: ftPlaced('h1', null, 6), local: primaryLocal })), [
+    { type: 'adopt', generation: 6 },
+  ]);
+  assert.deepEqual(decide(input({ spec: ftSpec, placement: ftPlaced('h2', null, 6), local: primaryLocal })), [
+    { type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' },
+  ]);
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: ftSpec, placement: ftPlaced('h1', null, 6), local: backupLocal })),
+    [{ type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' }],
+  );
+});

@@ -19,6 +19,15 @@
  *   copy at any other generation is stopped with its held outputs dropped.
  * - Choosing a host is deterministic from the same view, so hosts that agree
  *   on membership propose the same host and do not duel.
+ *
+ * FT VMs (spec.ft, decideFt) add a backup to the placement. Either member
+ * that loses the other continues only after winning generation N+1 by
+ * test-and-set (DESIGN.md §3.3): the backup then goes live ('promote'), the
+ * primary releases what it held and runs alone ('adopt'). A backup takes
+ * over without waiting for the primary's claim: the Output Rule already
+ * keeps a zombie primary silent (nothing it emits was acknowledged by a
+ * backup that went live), and fencing keeps it off the service address.
+ * Adding a backup keeps the generation: it changes no one's right to run.
  */
 import type { VmPlacement, VmSpec, VmRunState } from '../coord/records.js';
 
@@ -35,6 +44,8 @@ export interface ClaimObservation {
 export interface LocalVm {
   generation: number;
   state: VmRunState;
+  /** What the local copy is: the VM itself (the default), or an FT backup replaying it. */
+  role?: 'primary' | 'backup';
 }
 
 export interface ReconcileInput {
@@ -50,6 +61,10 @@ export interface ReconcileInput {
   local: LocalVm | null;
   /** Extra time beyond a claim's TTL before it counts as expired (clock-rate slack). */
   claimExpiryMarginMs: number;
+  /** FT primary here: its backup's session closed, or the backup never attached in time. */
+  ftBackupLost?: boolean;
+  /** FT backup here: its session with the primary closed. */
+  ftPrimaryLost?: boolean;
 }
 
 export type ReconcileAction =
@@ -61,8 +76,12 @@ export type ReconcileAction =
       /** A host to fence before the VM may start here, or null. */
       fence: string | null;
     }
-  /** Start the VM here at this generation (claim first, then start). */
-  | { type: 'start'; generation: number }
+  /** Start the VM here at this generation (claim first, then start); an FT backup when role says so. */
+  | { type: 'start'; generation: number; role?: 'primary' | 'backup' }
+  /** FT: this host's backup won `generation`: fence (if pending), then go live. */
+  | { type: 'promote'; generation: number }
+  /** FT: this host's primary won `generation` without its backup: release what it held, run alone. */
+  | { type: 'adopt'; generation: number }
   /** Stop the local copy; `discardOutputs` when it lost its generation (never release what it held). */
   | { type: 'stop'; discardOutputs: boolean; reason: string }
   /** The VM's spec is gone: stop the local copy and delete its local data. */
@@ -97,6 +116,7 @@ function gone(view: PeerView | undefined): boolean {
 export function decide(input: ReconcileInput): ReconcileAction[] {
   const { self, spec, placement, local } = input;
   if (spec === null) return local !== null ? [{ type: 'remove-local' }] : [];
+  if (spec.ft) return decideFt(input, spec);
 
   const p = placement?.value ?? null;
   const actions: ReconcileAction[] = [];
@@ -153,6 +173,110 @@ export function decide(input: ReconcileInput): ReconcileAction[] {
       expectVersion: placement!.version,
       placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
       fence: holder,
+    },
+  ];
+}
+
+/** decide() for an FT VM: a primary and a backup, each continuing alone only by winning N+1. */
+function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
+  const { self, placement } = input;
+  const local = input.local === null ? null : { ...input.local, role: input.local.role ?? 'primary' };
+  const p = placement?.value ?? null;
+  const active = local !== null && (local.state === 'running' || local.state === 'starting');
+  if (active) {
+    const asPrimary =
+      p !== null &&
+      p.primary === self &&
+      local.role === 'primary' &&
+      (local.generation === p.generation || (local.generation < p.generation && p.backup === null));
+    const asBackup =
+      p !== null && p.backup === self && local.role === 'backup' && local.generation === p.generation;
+    const promotable =
+      p !== null && p.primary === self && local.role === 'backup' && local.generation < p.generation;
+    if (!asPrimary && !asBackup && !promotable)
+      return [{ type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' }];
+  }
+  if (spec.desired === 'stopped') {
+    return active ? [{ type: 'stop', discardOutputs: false, reason: 'stopped by request' }] : [];
+  }
+  const expectVersion = placement?.version ?? null;
+  if (p === null || p.primary === null) {
+    const chosen = chooseHost(input.hosts, input.loads, null);
+    if (chosen === null) return [{ type: 'wait', reason: 'no host is up to run it' }];
+    if (chosen !== self) return [];
+    const backup = chooseHost(input.hosts, input.loads, self);
+    return [
+      {
+        type: 'place',
+        expectVersion,
+        placement: { v: 1, generation: (p?.generation ?? 0) + 1, primary: self, backup },
+        fence: null,
+      },
+    ];
+  }
+  if (p.primary === self) {
+    if (active && local.role === 'backup') return [{ type: 'promote', generation: p.generation }];
+    if (active && local.generation < p.generation) return [{ type: 'adopt', generation: p.generation }];
+    if (!active || local.generation !== p.generation) {
+      // A copy that stopped or failed at this generation stays so until someone asks to start it again.
+      if (local !== null && local.generation === p.generation && local.role === 'primary') return [];
+      return [{ type: 'start', generation: p.generation, role: 'primary' }];
+    }
+    if (p.backup === null) {
+      const b = chooseHost(input.hosts, input.loads, self);
+      if (b === null) return [{ type: 'wait', reason: 'no other host is up to hold a backup' }];
+      return [{ type: 'place', expectVersion, placement: { ...p, backup: b }, fence: null }];
+    }
+    if (gone(input.hosts.get(p.backup)) || input.ftBackupLost === true) {
+      return [
+        {
+          type: 'place',
+          expectVersion,
+          placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
+          fence: null,
+        },
+      ];
+    }
+    return [];
+  }
+  if (p.backup === self) {
+    const primaryGone = gone(input.hosts.get(p.primary));
+    if (primaryGone || input.ftPrimaryLost === true) {
+      return [
+        {
+          type: 'place',
+          expectVersion,
+          placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
+          // A primary that is still up lost only its channel to us: it stops when it sees the
+          // generation, and nothing it emits meanwhile was acknowledged. Fencing a whole host for
+          // one VM's channel would be out of proportion.
+          fence: primaryGone ? p.primary : null,
+        },
+      ];
+    }
+    if (!active || local.generation !== p.generation || local.role !== 'backup')
+      return [{ type: 'start', generation: p.generation, role: 'backup' }];
+    return [];
+  }
+  // Another host is primary. While its backup lives, the backup takes over, not us.
+  if (p.backup !== null && !gone(input.hosts.get(p.backup))) return [];
+  if (!gone(input.hosts.get(p.primary))) return [];
+  // Both members are gone: restart from this host's disk copy, as an unprotected VM would.
+  const claim = input.claim;
+  const view = input.hosts.get(p.primary);
+  if (view !== 'left' && claim !== null && claim.holder === p.primary) {
+    if (claim.unchangedMs <= claim.ttlMs + input.claimExpiryMarginMs)
+      return [{ type: 'wait', reason: `waiting for ${p.primary}'s claim to expire` }];
+  }
+  const chosen = chooseHost(input.hosts, input.loads, p.primary);
+  if (chosen === null) return [{ type: 'wait', reason: 'no host is up to take it over' }];
+  if (chosen !== self) return [];
+  return [
+    {
+      type: 'place',
+      expectVersion,
+      placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
+      fence: p.primary,
     },
   ];
 }
