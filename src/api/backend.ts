@@ -34,6 +34,8 @@ export interface VmStatus {
   wasm: string;
   disk: string | null;
   exitCode: number | null;
+  /** FT primary: outputs written and not yet released by the backup (a gauge), or null. */
+  heldOutputs: number | null;
 }
 
 export type HostState = 'up' | 'suspect' | 'down' | 'left';
@@ -101,6 +103,8 @@ export interface HostBackend {
   createVm(req: CreateVmRequest): Promise<ApiResult<VmStatus>>;
   startVm(name: string): Promise<ApiResult<VmStatus>>;
   stopVm(name: string): Promise<ApiResult<VmStatus>>;
+  /** Test failover of an FT VM: the backup takes over through the same path as a real failure. */
+  failoverVm(name: string): Promise<ApiResult<VmStatus>>;
   removeVm(name: string): Promise<ApiResult<void>>;
   /** The tail of the VM's console log (stdout and stderr), at most `bytesMax` bytes. */
   vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>>;

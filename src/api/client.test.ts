@@ -35,6 +35,7 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     wasm: '/srv/app.wasm',
     disk: null,
     exitCode: null,
+    heldOutputs: null,
     ...over,
   };
 }
@@ -90,6 +91,10 @@ class FakeBackend implements HostBackend {
   async stopVm(name: string): Promise<ApiResult<VmStatus>> {
     this.mutations++;
     return this.set(name, 'stopped');
+  }
+  async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
+    this.mutations++;
+    return this.set(name, 'running');
   }
   async removeVm(name: string): Promise<ApiResult<void>> {
     this.mutations++;
@@ -235,6 +240,7 @@ test('every method against a live host', async () => {
   assert.deepEqual(assertOk(await api.listHosts())[0]?.vms, ['app']);
   assert.equal(assertOk(await api.stopVm('app')).state, 'stopped');
   assert.equal(assertOk(await api.startVm('app')).state, 'running');
+  assert.equal(assertOk(await api.failoverVm('app')).state, 'running');
   assert.equal(assertOk(await api.vmLogs('app')), 'log of app, at most 65536 bytes\n');
   assert.equal(assertOk(await api.vmLogs('app', 100)), 'log of app, at most 100 bytes\n');
   assert.equal(assertOk(await api.removeVm('app')), undefined);

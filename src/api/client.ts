@@ -164,6 +164,10 @@ export class ApiClient {
     return this.#json('POST', `${vmPath(name)}/stop`, undefined, checks.vm, 'VM status');
   }
 
+  failoverVm(name: string): Promise<ApiResult<VmStatus>> {
+    return this.#json('POST', `${vmPath(name)}/failover`, undefined, checks.vm, 'VM status');
+  }
+
   removeVm(name: string): Promise<ApiResult<void>> {
     return this.#call<void>('DELETE', vmPath(name), undefined, { kind: 'empty' });
   }

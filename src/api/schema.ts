@@ -171,6 +171,7 @@ export const VmStatusSchema = Type.Object({
   wasm: Type.String(),
   disk: Type.Union([Type.String(), Type.Null()]),
   exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  heldOutputs: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
 });
 
 export const VmStatusListSchema = Type.Array(VmStatusSchema);

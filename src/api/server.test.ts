@@ -92,6 +92,9 @@ class FakeBackend implements HostBackend {
   async startVm(name: string): Promise<ApiResult<VmStatus>> {
     return this.gate(() => this.update(name, { desired: 'running', state: 'running' }));
   }
+  async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
+    return this.gate(() => this.update(name, { state: 'running' }));
+  }
   async stopVm(name: string): Promise<ApiResult<VmStatus>> {
     return this.gate(() => this.update(name, { desired: 'stopped', state: 'stopped' }));
   }
@@ -158,6 +161,7 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     wasm: '/srv/app.wasm',
     disk: null,
     exitCode: null,
+    heldOutputs: null,
     ...over,
   };
 }
@@ -300,6 +304,7 @@ test('authenticated routes refuse a missing, wrong or malformed token with 401 a
       ['GET', '/v1/vms/web'],
       ['POST', '/v1/vms/web/start'],
       ['POST', '/v1/vms/web/stop'],
+      ['POST', '/v1/vms/web/failover'],
       ['DELETE', '/v1/vms/web'],
       ['GET', '/v1/vms/web/logs'],
       ['GET', '/v1/no-such-route'],

@@ -262,6 +262,9 @@ export async function startApiServer(
   app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', nameRoute, async (req, reply) =>
     sendResult(reply, await backend.stopVm(req.params.name), 200),
   );
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/failover', nameRoute, async (req, reply) =>
+    sendResult(reply, await backend.failoverVm(req.params.name), 200),
+  );
 
   app.delete<{ Params: { name: string } }>('/v1/vms/:name', nameRoute, async (req, reply) =>
     sendResult(reply, await backend.removeVm(req.params.name), 204),

@@ -85,6 +85,21 @@ export function addVmCommands(program: Command): void {
   }
   addAccessOptions(
     vm
+      .command('failover')
+      .description("test failover of an FT VM: the primary's copy stops and the backup takes over")
+      .argument('<name>')
+      .option('--no-wait', 'return at once')
+      .option(
+        '--timeout-ms <ms>',
+        'how long to wait for the backup to serve',
+        String(WAIT_TIMEOUT_MS_DEFAULT),
+      )
+      .option('--json', 'print the VM status as JSON'),
+  ).action((name: string, o: AccessOptions & { wait: boolean; timeoutMs: string; json?: boolean }) =>
+    runCli(() => vmFailover(name, o)),
+  );
+  addAccessOptions(
+    vm
       .command('rm')
       .description('remove a VM (it stops, and its disks are deleted)')
       .argument('<name>')
@@ -159,7 +174,15 @@ async function vmCreate(name: string, args: string[], o: CreateOptions): Promise
           host: o.host ?? null,
         }),
       );
-      const s = o.wait ? await waitFor(a, name, 'running', timeoutMs) : created;
+      // With --ft, create returns once the backup is attached (DESIGN.md §5).
+      const attached =
+        o.ft === true
+          ? {
+              what: 'its backup attached',
+              holds: (v: VmStatus) => v.protection === 'syncing' || v.protection === 'protected',
+            }
+          : null;
+      const s = o.wait ? await waitFor(a, name, 'running', timeoutMs, attached) : created;
       printStatus(s, o.json);
     },
     CLI_API_CHANGE_TIMEOUT_MS,
@@ -183,12 +206,37 @@ async function vmStartStop(
   );
 }
 
-/** Polls until the VM reaches `want` (and, for 'running', accepts connections at its address). */
+async function vmFailover(
+  name: string,
+  o: AccessOptions & { wait: boolean; timeoutMs: string; json?: boolean },
+): Promise<void> {
+  const timeoutMs = positiveInt(o.timeoutMs, '--timeout-ms');
+  await withAccess(
+    o,
+    async (a) => {
+      const before = unwrap(await a.client.getVm(name));
+      const r = unwrap(await a.client.failoverVm(name));
+      const moved = {
+        what: `a new primary after ${before.primary ?? 'none'}`,
+        holds: (v: VmStatus) => v.generation > before.generation && v.primary !== before.primary,
+      };
+      const s = o.wait ? await waitFor(a, name, 'running', timeoutMs, moved) : r;
+      printStatus(s, o.json);
+    },
+    CLI_API_CHANGE_TIMEOUT_MS,
+  );
+}
+
+/**
+ * Polls until the VM reaches `want` (and, for 'running', accepts connections
+ * at its address) and `also` holds (an FT backup attached, a failover done).
+ */
 async function waitFor(
   a: ClusterAccess,
   name: string,
   want: 'running' | 'stopped',
   timeoutMs: number,
+  also: { what: string; holds: (s: VmStatus) => boolean } | null = null,
 ): Promise<VmStatus> {
   const deadline = performance.now() + timeoutMs;
   let last: VmStatus | null = null;
@@ -199,7 +247,13 @@ async function waitFor(
       if (last.state === 'failed')
         throw new CliError(`vm ${name} failed: ${last.reason ?? 'no reason given'}`);
       if (want === 'stopped' && last.state === 'stopped') return last;
-      if (want === 'running' && last.state === 'running' && (await canConnect(last.address))) return last;
+      if (
+        want === 'running' &&
+        last.state === 'running' &&
+        (also === null || also.holds(last)) &&
+        (await canConnect(last.address))
+      )
+        return last;
       if (
         want === 'running' &&
         last.state === 'stopped' &&
@@ -211,7 +265,7 @@ async function waitFor(
     await new Promise((res) => setTimeout(res, WAIT_POLL_MS));
   }
   throw new CliError(
-    `vm ${name} is not ${want} after ${timeoutMs} ms (state: ${last?.state ?? 'unknown'}${last?.reason ? `, ${last.reason}` : ''})`,
+    `vm ${name} is not ${want}${also !== null ? ` with ${also.what}` : ''} after ${timeoutMs} ms (state: ${last?.state ?? 'unknown'}${last !== null && last.ft ? `, protection: ${last.protection}` : ''}${last?.reason ? `, ${last.reason}` : ''})`,
   );
 }
 

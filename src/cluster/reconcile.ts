@@ -204,12 +204,12 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
     const chosen = chooseHost(input.hosts, input.loads, null);
     if (chosen === null) return [{ type: 'wait', reason: 'no host is up to run it' }];
     if (chosen !== self) return [];
-    const backup = chooseHost(input.hosts, input.loads, self);
+    // The backup is named once the primary runs: it starts from the disk the primary's log starts from.
     return [
       {
         type: 'place',
         expectVersion,
-        placement: { v: 1, generation: (p?.generation ?? 0) + 1, primary: self, backup },
+        placement: { v: 1, generation: (p?.generation ?? 0) + 1, primary: self, backup: null },
         fence: null,
       },
     ];
@@ -227,7 +227,9 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
       if (b === null) return [{ type: 'wait', reason: 'no other host is up to hold a backup' }];
       return [{ type: 'place', expectVersion, placement: { ...p, backup: b }, fence: null }];
     }
-    if (gone(input.hosts.get(p.backup)) || input.ftBackupLost === true) {
+    // Lost means its session closed, it never attached, or its host went silent (the daemon
+    // judges that with the acks: the detector alone may still be judging an older incarnation).
+    if (input.hosts.get(p.backup) === 'left' || input.ftBackupLost === true) {
       return [
         {
           type: 'place',
@@ -240,17 +242,21 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
     return [];
   }
   if (p.backup === self) {
-    const primaryGone = gone(input.hosts.get(p.primary));
-    if (primaryGone || input.ftPrimaryLost === true) {
+    const primaryView = input.hosts.get(p.primary);
+    const primaryGone = gone(primaryView);
+    // Only a live replica at this generation can take over: without one there is nothing to go live.
+    const replica =
+      active && local.role === 'backup' && local.generation === p.generation && local.state === 'running';
+    if (replica && (primaryGone || input.ftPrimaryLost === true)) {
       return [
         {
           type: 'place',
           expectVersion,
           placement: { v: 1, generation: p.generation + 1, primary: self, backup: null },
-          // A primary that is still up lost only its channel to us: it stops when it sees the
-          // generation, and nothing it emits meanwhile was acknowledged. Fencing a whole host for
-          // one VM's channel would be out of proportion.
-          fence: primaryGone ? p.primary : null,
+          // A primary that still answers heartbeats lost only its channel to us: it stops when it
+          // sees the generation, and nothing it emits meanwhile was acknowledged. Fencing a whole
+          // host for one VM's channel would be out of proportion. One that is silent is fenced.
+          fence: primaryGone || primaryView === 'suspect' ? p.primary : null,
         },
       ];
     }

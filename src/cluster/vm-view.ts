@@ -53,16 +53,28 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
       reason = `host ${primary} is ${view === 'unknown' ? 'not registered' : view}`;
     else if (view === 'suspect') reason = `host ${primary} is not answering heartbeats`;
   }
+  // Protection and lag are the primary's live view (from its backup's acknowledgements), never the wish.
+  const live = spec.ft && state === 'running' ? (current?.ft ?? null) : null;
   return {
     name: spec.name,
     state,
     ft: spec.ft,
-    protection: spec.ft ? 'unprotected' : 'off',
-    reason: spec.ft && reason === null ? 'no backup host is attached' : reason,
+    protection: !spec.ft ? 'off' : (live?.protection ?? 'unprotected'),
+    reason:
+      reason ??
+      (spec.ft && live?.protection !== 'protected' && live?.protection !== 'syncing'
+        ? (live?.reason ?? 'no backup host is attached')
+        : null),
     primary,
     backup: placement?.backup ?? null,
     address: spec.listen,
-    lagMs: null,
+    lagMs:
+      live === null || live.protection === 'unprotected'
+        ? null
+        : live.lagMs === null
+          ? null
+          : Math.round(live.lagMs),
+    heldOutputs: live?.heldOutputs ?? null,
     desired: spec.desired,
     generation: placement?.generation ?? 0,
     wasm: spec.wasmPath,

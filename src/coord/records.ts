@@ -62,6 +62,8 @@ export interface HostRecord {
   state: 'up' | 'left';
   /** Wall-clock ms of the start, for people only; nothing decides on it. */
   startedAtMs: number;
+  /** The FT logging channel's listener, "HOST:PORT" (backups connect to it); absent before FT. */
+  ft?: string;
   /** How a host taking over from this one fences it (src/host/fence.ts); absent means local. */
   fence?: { agent: 'local' } | { agent: 'command'; command: string };
 }
@@ -94,6 +96,12 @@ export interface VmPlacement {
   generation: number;
   primary: string | null;
   backup: string | null;
+  /**
+   * FT: the folder holding the disk as it was at the log's first event, on
+   * the primary's host; a new backup starts from a copy of it. Hosts of a
+   * pair therefore share a filesystem until snapshots carry the disk.
+   */
+  ftBase?: string | null;
 }
 
 /** The renewable claim of the host running an unprotected VM. */
@@ -119,4 +127,12 @@ export interface VmStatusRecord {
   /** Why it failed or stopped, for people. */
   message: string | null;
   exitCode: number | null;
+  /** FT: the primary's live view of its protection (never the desired state). */
+  ft?: {
+    protection: 'syncing' | 'protected' | 'unprotected';
+    reason: string | null;
+    lagMs: number | null;
+    /** Outputs written and not yet released (a gauge; tests kill the primary only while it is above 0). */
+    heldOutputs: number;
+  };
 }

@@ -84,7 +84,8 @@ import {
   type ReconcileAction,
 } from '../cluster/reconcile.js';
 import { vmView } from '../cluster/vm-view.js';
-import { LocalVm, vmDataDir } from './local-vm.js';
+import { LocalVm, vmDataDir, type FtServices, type LocalRole } from './local-vm.js';
+import { FtLinkServer } from '../io/ft-link.js';
 import { liveness, selfIdentity } from './proc.js';
 import { fenceHost, type FenceSpec } from './fence.js';
 import type { HostTimings } from './timings.js';
@@ -102,6 +103,10 @@ export interface HostOptions {
   logger: Logger;
   /** Testing only: use this secret instead of the cluster's (a host that does not know the secret). */
   secretOverrideHex?: string | null;
+  /** FT: above this replay lag (ms) a primary is slowed at its host calls (default 500). */
+  ftLagBoundMs?: number;
+  /** TESTING ONLY: delay every FT frame this host receives as a backup (widens windows). */
+  ftLinkDelayMs?: number;
   cacheDir?: string;
   /** Monotonic milliseconds. */
   nowMs?: () => number;
@@ -113,6 +118,8 @@ export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'
 
 /** Rejected frames are logged at most this often per reason (they are always counted). */
 const REJECT_LOG_INTERVAL_MS = 5000;
+/** An FT backup that failed to start or attach is tried again after this long. */
+const BACKUP_RETRY_MS = 1000;
 /** Frames from unknown incarnations make the host re-read the registry at most this often. */
 const REFRESH_EARLY_MIN_MS = 500;
 /** Sources remembered for rate-limiting rejection logs; beyond this the memory is reset. */
@@ -146,6 +153,9 @@ export class HostDaemon implements HostBackend {
   private stopping = false;
   private apiAddress = '';
   private apiClose: (() => Promise<void>) | null = null;
+  private ftServer: FtLinkServer | null = null;
+  private readonly backupStartAtMs = new Map<string, number>();
+  private ftServices: FtServices | null = null;
   private readonly incarnation = randomBytes(8).toString('hex');
   private readonly nowMs: () => number;
   private readonly log: Logger;
@@ -225,6 +235,32 @@ export class HostDaemon implements HostBackend {
         `cannot serve the API on ${this.opts.api.host}:${this.opts.api.port}: ${(e as Error).message}`,
       );
     }
+    const ftHost = this.opts.address ?? '127.0.0.1';
+    try {
+      this.ftServer = await FtLinkServer.listen(
+        { host: ftHost, port: 0 },
+        {
+          key: this.secret,
+          clusterId: this.cluster.clusterId,
+          self: this.opts.name,
+          selfIncarnation: this.incarnation,
+          log: this.log.child({ part: 'ft' }),
+        },
+      );
+    } catch (e) {
+      return fail('io', `cannot listen for FT channels on ${ftHost}: ${(e as Error).message}`);
+    }
+    this.ftServices = {
+      server: this.ftServer,
+      key: this.secret,
+      clusterId: this.cluster.clusterId,
+      self: this.opts.name,
+      incarnation: this.incarnation,
+      log: this.log.child({ part: 'ft' }),
+      lagBoundMs: this.opts.ftLagBoundMs ?? 500,
+      linkDelayMs: this.opts.ftLinkDelayMs ?? 0,
+      changed: () => this.reconcileSoon(),
+    };
     const registered = await this.register('up');
     if (!registered.ok)
       return fail('coordinator', `cannot register in the coordinator: ${registered.message}`);
@@ -258,7 +294,7 @@ export class HostDaemon implements HostBackend {
 
   isPrimaryFor(vm: string): boolean {
     const l = this.localVms.get(vm);
-    return l !== undefined && l.state === 'running' && !this.outputsHeld.has(vm);
+    return l !== undefined && l.roleName === 'primary' && l.state === 'running' && !this.outputsHeld.has(vm);
   }
 
   /** Frames rejected so far, by reason (for tests and people). */
@@ -286,6 +322,9 @@ export class HostDaemon implements HostBackend {
       state,
       startedAtMs: Date.now(),
       fence: this.opts.fence ?? { agent: 'local' },
+      ...(this.ftServer !== null
+        ? { ft: `${this.ftServer.address().host}:${this.ftServer.address().port}` }
+        : {}),
     };
     const r = await this.coord.put(hostKey(this.opts.name), rec, 'any');
     return r.ok ? { ok: true } : { ok: false, message: r.error.message };
@@ -471,11 +510,43 @@ export class HostDaemon implements HostBackend {
         claim,
         hosts,
         loads,
-        local: local === null ? null : { generation: local.generation, state: local.state },
+        local:
+          local === null ? null : { generation: local.generation, state: local.state, role: local.roleName },
         claimExpiryMarginMs: this.opts.timings.claimExpiryMarginMs,
+        ftBackupLost: local !== null && this.backupLost(local, b.placement?.value ?? null, hosts),
+        ftPrimaryLost: local?.primaryLost ?? false,
       });
       for (const a of actions) await this.act(name, a, b);
+      // An FT primary serves the backup its placement names (a no-op once offered).
+      const pl = b.placement?.value;
+      const l = this.localVms.get(name);
+      if (
+        l !== undefined &&
+        pl !== undefined &&
+        l.roleName === 'primary' &&
+        l.state === 'running' &&
+        pl.primary === this.opts.name &&
+        pl.generation === l.generation &&
+        pl.backup != null
+      ) {
+        const rec = this.hostRecords.get(pl.backup);
+        if (rec !== undefined) l.offerBackup(pl.generation, pl.backup, rec.incarnation, this.nowMs());
+      }
     }
+  }
+
+  /**
+   * An FT primary's backup is lost when its session closed, it never attached,
+   * or its host is down by the detector and no ack has come for as long as the
+   * detector takes (the detector may still be judging an older incarnation of
+   * a host that restarted and attached again).
+   */
+  private backupLost(l: LocalVm, p: VmPlacement | null, hosts: Map<string, PeerView>): boolean {
+    if (l.backupLost) return true;
+    if (p === null || p.backup == null || l.roleName !== 'primary') return false;
+    const view = hosts.get(p.backup);
+    if (view !== 'down' && view !== 'unknown') return false;
+    return l.backupSilentMs(performance.now()) > this.opts.timings.membership.failAfterMs;
   }
 
   private observeClaims(vms: Map<string, VmBundle>, now: number): void {
@@ -498,9 +569,15 @@ export class HostDaemon implements HostBackend {
       case 'wait':
         return;
       case 'place': {
+        // A backup starts from the disk this primary's log started from.
+        const local = this.localVms.get(name);
+        const placement: VmPlacement =
+          a.placement.backup !== null && a.placement.primary === this.opts.name && local !== undefined
+            ? { ...a.placement, ftBase: local.ftBasePath }
+            : a.placement;
         const r = await this.coord.put(
           vmPlacementKey(name),
-          a.placement,
+          placement,
           a.expectVersion === null ? 'absent' : { version: a.expectVersion },
         );
         if (!r.ok) {
@@ -535,7 +612,57 @@ export class HostDaemon implements HostBackend {
           }
           this.pendingFence.delete(name);
         }
-        return this.startLocal(spec, a.generation);
+        let role: LocalRole = { kind: 'plain' };
+        if (spec.ft && a.role === 'backup') {
+          // A backup that could not attach is tried again, but not in a tight loop.
+          const last = this.backupStartAtMs.get(name) ?? -Infinity;
+          if (this.nowMs() - last < BACKUP_RETRY_MS) return;
+          this.backupStartAtMs.set(name, this.nowMs());
+          const pl = b.placement?.value;
+          const prim = pl?.primary == null ? undefined : this.hostRecords.get(pl.primary);
+          if (pl?.ftBase == null || prim === undefined) return; // not ready yet: a later pass retries
+          role = { kind: 'ft-backup', primary: prim, ftBase: pl.ftBase };
+        } else if (spec.ft) role = { kind: 'ft-primary' };
+        return this.startLocal(spec, a.generation, role);
+      }
+      case 'promote':
+      case 'adopt': {
+        const l = this.localVms.get(name);
+        if (l === undefined) return;
+        const fence = this.pendingFence.get(name);
+        if (a.type === 'promote' && fence !== undefined) {
+          const fenced = await this.fence(fence);
+          if (!fenced.ok) return; // retried at the next pass; nothing goes live unfenced
+          this.pendingFence.delete(name);
+        }
+        // Claim the new generation first, as a start does.
+        if (!(await this.claim(name, a.generation))) return;
+        if (a.type === 'adopt') {
+          const why = l.ftStatus()?.reason ?? 'the backup was lost';
+          this.log.info(
+            { vm: name, generation: a.generation, reason: why },
+            `${name}: running alone at generation ${a.generation} (${why})`,
+          );
+          l.adopt(a.generation, `running alone: ${why}`);
+          void this.writeStatus(name, a.generation, 'running', null, null);
+          return;
+        }
+        const t0 = this.nowMs();
+        try {
+          await l.promote(a.generation, `took over from ${fence ?? 'the old primary'}`);
+        } catch (e) {
+          this.log.error(
+            { vm: name, err: (e as Error).message },
+            `${name}: go-live failed: ${(e as Error).message}`,
+          );
+          l.stop(true);
+          return;
+        }
+        this.log.info(
+          { vm: name, generation: a.generation, goLiveMs: Math.round(this.nowMs() - t0) },
+          `${name}: live at generation ${a.generation} (go-live took ${Math.round(this.nowMs() - t0)} ms)`,
+        );
+        return;
       }
       case 'stop': {
         const l = this.localVms.get(name);
@@ -576,8 +703,57 @@ export class HostDaemon implements HostBackend {
     return { ok: true };
   }
 
-  private async startLocal(spec: VmSpec, generation: number): Promise<void> {
+  /** Writes this host's claim on `name` at `generation`; false when the coordinator refused. */
+  private async claim(name: string, generation: number): Promise<boolean> {
+    const counter = (this.claimCounter.get(name) ?? 0) + 1;
+    this.claimCounter.set(name, counter);
+    const renewStart = this.nowMs();
+    const c = await this.coord.put(
+      vmClaimKey(name),
+      {
+        v: 1,
+        holder: this.opts.name,
+        incarnation: this.incarnation,
+        generation,
+        counter,
+        ttlMs: this.opts.timings.claimTtlMs,
+      } satisfies VmClaim,
+      'any',
+    );
+    if (c.ok) this.claimRenewedAtMs.set(name, renewStart);
+    return c.ok;
+  }
+
+  private async startLocal(spec: VmSpec, generation: number, role: LocalRole): Promise<void> {
     const name = spec.name;
+    if (role.kind === 'ft-backup') {
+      // A backup claims nothing and reports nothing: the primary's status is the VM's.
+      const l = new LocalVm(
+        spec,
+        generation,
+        this.opts.dataDir,
+        this.opts.cacheDir,
+        (e) => {
+          if (e.state === 'running' && l.roleName === 'primary')
+            void this.writeStatus(name, l.generation, 'running', null, null);
+          if (e.state === 'stopped' || e.state === 'failed') {
+            this.log.info(
+              { vm: name, state: e.state, message: e.message },
+              `${name} (${l.roleName}) ${e.state}: ${e.message ?? ''}`,
+            );
+            if (l.roleName === 'primary')
+              void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
+            this.reconcileSoon();
+          } else if (e.state === 'running')
+            this.log.info({ vm: name, generation }, `${name}: backup attached to ${role.primary.name}`);
+        },
+        role,
+        this.ftServices,
+      );
+      this.localVms.set(name, l);
+      void l.start();
+      return;
+    }
     // The claim comes first: an observer that sees it knows this host may be running the VM.
     const counter = (this.claimCounter.get(name) ?? 0) + 1;
     this.claimCounter.set(name, counter);
@@ -602,17 +778,25 @@ export class HostDaemon implements HostBackend {
     )
       return;
     this.claimRenewedAtMs.set(name, renewStart);
-    const l = new LocalVm(spec, generation, this.opts.dataDir, this.opts.cacheDir, (e) => {
-      void this.writeStatus(name, generation, e.state, e.message, e.exitCode);
-      if (e.state === 'stopped' || e.state === 'failed') {
-        this.log.info(
-          { vm: name, state: e.state, message: e.message },
-          `${name} ${e.state}: ${e.message ?? ''}`,
-        );
-        this.reconcileSoon();
-      } else if (e.state === 'running')
-        this.log.info({ vm: name, generation }, `${name} running at ${spec.listen}`);
-    });
+    const l = new LocalVm(
+      spec,
+      generation,
+      this.opts.dataDir,
+      this.opts.cacheDir,
+      (e) => {
+        void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
+        if (e.state === 'stopped' || e.state === 'failed') {
+          this.log.info(
+            { vm: name, state: e.state, message: e.message },
+            `${name} ${e.state}: ${e.message ?? ''}`,
+          );
+          this.reconcileSoon();
+        } else if (e.state === 'running')
+          this.log.info({ vm: name, generation }, `${name} running at ${spec.listen}`);
+      },
+      role,
+      this.ftServices,
+    );
     this.localVms.set(name, l);
     this.outputsHeld.delete(name);
     // Not awaited: loading a module can take seconds, and the other VMs' reconciliation must not wait.
@@ -626,7 +810,16 @@ export class HostDaemon implements HostBackend {
     message: string | null,
     exitCode: number | null,
   ): Promise<void> {
-    const rec: VmStatusRecord = { v: 1, host: this.opts.name, generation, state, message, exitCode };
+    const ft = this.localVms.get(name)?.ftStatus() ?? null;
+    const rec: VmStatusRecord = {
+      v: 1,
+      host: this.opts.name,
+      generation,
+      state,
+      message,
+      exitCode,
+      ...(ft !== null ? { ft } : {}),
+    };
     // Only the current primary's report counts; readers check host and generation.
     const r = await this.coord.put(vmStatusKey(name), rec, 'any');
     if (!r.ok) this.log.warn({ vm: name, err: r.error }, 'cannot write the VM status');
@@ -640,10 +833,20 @@ export class HostDaemon implements HostBackend {
     try {
       for (const [name, l] of this.localVms) {
         if (l.state !== 'running' && l.state !== 'starting') continue;
+        if (l.roleName === 'backup') continue; // a backup holds no claim (decide() judges it)
         const start = this.nowMs();
         const p = await this.coord.get<VmPlacement>(vmPlacementKey(name));
         if (!p.ok) continue;
         const pl = p.value?.value ?? null;
+        // A newer generation naming this host is an FT member's own win: reconciliation adopts or
+        // promotes it (stopping here would throw away the very VM that won).
+        if (
+          pl !== null &&
+          pl.primary === this.opts.name &&
+          pl.generation > l.generation &&
+          this.localVms.get(name)?.spec.ft === true
+        )
+          continue;
         if (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) {
           this.log.warn({ vm: name }, `${name} lost its place (generation ${l.generation}); stopping it`);
           this.outputsHeld.add(name);
@@ -666,6 +869,9 @@ export class HostDaemon implements HostBackend {
         );
         if (!r.ok) continue;
         this.claimRenewedAtMs.set(name, start);
+        // An FT primary's live protection and lag go out with each renewal.
+        if (l.state === 'running' && l.ftStatus() !== null)
+          void this.writeStatus(name, l.generation, 'running', null, null);
         if (this.outputsHeld.delete(name)) {
           l.holdOutputs(false);
           this.log.info({ vm: name }, `${name}'s claim is renewed: outputs released`);
@@ -682,6 +888,7 @@ export class HostDaemon implements HostBackend {
     const t = this.opts.timings;
     for (const [name, l] of this.localVms) {
       if (this.outputsHeld.has(name) || (l.state !== 'running' && l.state !== 'starting')) continue;
+      if (l.roleName === 'backup') continue;
       const at = this.claimRenewedAtMs.get(name);
       if (at === undefined || now - at < t.claimTtlMs - t.claimHoldMarginMs) continue;
       this.outputsHeld.add(name);
@@ -732,6 +939,22 @@ export class HostDaemon implements HostBackend {
   }
 
   private viewOf(b: VmBundle, view: Map<string, PeerView>): VmStatus {
+    const v = this.recordsView(b, view);
+    // On the primary's own host, FT protection, lag and the held-outputs gauge are live.
+    const l = this.localVms.get(v.name);
+    const ft =
+      l !== undefined && l.roleName === 'primary' && l.generation === v.generation ? l.ftStatus() : null;
+    if (ft === null || v.state !== 'running') return v;
+    return {
+      ...v,
+      protection: ft.protection,
+      reason: ft.protection === 'unprotected' ? ft.reason : null,
+      lagMs: ft.protection === 'unprotected' || ft.lagMs === null ? null : Math.round(ft.lagMs),
+      heldOutputs: ft.heldOutputs,
+    };
+  }
+
+  private recordsView(b: VmBundle, view: Map<string, PeerView>): VmStatus {
     return vmView(
       {
         spec: b.spec!.value,
@@ -787,6 +1010,7 @@ export class HostDaemon implements HostBackend {
       return put.error.code === 'conflict' ? conflict(`VM ${spec.name} already exists`) : unavailable();
     // A placement left by an earlier VM of the same name is replaced by a newer generation.
     const old = all.get(spec.name)?.placement ?? null;
+    // An FT VM gets its backup with its first placement (the primary adds one later if none is up).
     const placement: VmPlacement = {
       v: 1,
       generation: (old?.value.generation ?? 0) + 1,
@@ -809,8 +1033,6 @@ export class HostDaemon implements HostBackend {
 
   private async checkCreate(req: CreateVmRequest): Promise<ApiResult<VmSpec>> {
     if (!NAME_RE.test(req.name)) return invalid(`bad VM name ${JSON.stringify(req.name)}`);
-    if (req.ft === true)
-      return invalid('fault tolerance (--ft) is not available yet: it comes with the FT pair');
     const listen = parseListen(req.listen);
     if (typeof listen === 'string') return invalid(`listen: ${listen}`);
     if (listen.port === 0) return invalid('listen: a VM needs a fixed port (its service address)');
@@ -844,7 +1066,7 @@ export class HostDaemon implements HostBackend {
         env: req.env ?? [],
         args: req.args ?? [],
         memoryMaxMib,
-        ft: false,
+        ft: req.ft === true,
         desired: 'running',
       },
     };
@@ -892,6 +1114,38 @@ export class HostDaemon implements HostBackend {
       return r.error.code === 'conflict'
         ? conflict(`VM ${name} changed meanwhile; try again`)
         : unavailable();
+    this.reconcileSoon();
+    return this.getVm(name);
+  }
+
+  async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    if (!b.value.spec!.value.ft) return invalid(`VM ${name} is not fault tolerant (create it with --ft)`);
+    const pl = b.value.placement;
+    if (pl === null || pl.value.primary === null || pl.value.backup == null)
+      return conflict(`VM ${name} has no backup to take over`);
+    const st = b.value.status?.value;
+    const protection = st?.generation === pl.value.generation ? st.ft?.protection : undefined;
+    if (protection !== 'protected' && protection !== 'syncing')
+      return conflict(`VM ${name}'s backup ${pl.value.backup} is not attached yet`);
+    // The same path as a real failure: the backup owns generation N+1 and goes live; the old
+    // primary sees it has lost its place and stops, dropping what it still held.
+    const next: VmPlacement = {
+      v: 1,
+      generation: pl.value.generation + 1,
+      primary: pl.value.backup,
+      backup: null,
+    };
+    const r = await this.coord.put(vmPlacementKey(name), next, { version: pl.version });
+    if (!r.ok)
+      return r.error.code === 'conflict'
+        ? conflict(`VM ${name} changed meanwhile; try again`)
+        : unavailable();
+    this.log.info(
+      { vm: name, from: pl.value.primary, to: pl.value.backup },
+      `${name}: test failover to ${pl.value.backup}`,
+    );
     this.reconcileSoon();
     return this.getVm(name);
   }
@@ -970,6 +1224,7 @@ export class HostDaemon implements HostBackend {
     await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 10_000))]);
     if (this.apiAddress !== '') await this.register('left');
     await this.apiClose?.();
+    await this.ftServer?.close();
     this.udp.close();
     await this.coord.close();
   }

@@ -202,6 +202,7 @@ export class FtPrimarySide {
 
   private onSession(link: FtPrimaryLink): void {
     this.link = link;
+    this.lastAckAtMs = performance.now();
     this.sent = 0;
     this.sentEvents = 0;
     this.setProtection('syncing', null);
@@ -253,7 +254,11 @@ export class FtPrimarySide {
     this.sentEvents = Math.max(this.sentEvents, lastEventSeq + 1);
   }
 
+  /** performance.now() of the backup's last acknowledgement (-Infinity before any). */
+  lastAckAtMs = -Infinity;
+
   private onAck(ackedEventSeq: number, replayedEventSeq: number): void {
+    this.lastAckAtMs = performance.now();
     this.o.vm.releaseOutputs(ackedEventSeq);
     if (
       this.protection === 'syncing' &&
@@ -381,8 +386,10 @@ export class FtBackupSide {
   private report(): void {
     const link = this.link;
     if (link === null || link.isClosed) return;
-    const replayed = this.o.vm.ftLog().replayed();
-    if (replayed > 0) link.reportReplayed(replayed - 1);
+    // The channel counts an event as held only at the end of a frame that completes it, while the
+    // replayer may already have run records from a frame whose count arrives with the next one.
+    const replayed = Math.min(this.o.vm.ftLog().replayed() - 1, link.heldEventSeq);
+    if (replayed >= 0) link.reportReplayed(replayed);
     if (this.o.vm.replayQueuedBytes < BACKUP_QUEUE_BYTES_MAX / 2) link.resume();
   }
 

@@ -10,6 +10,9 @@
  *   disk/            the VM's disk (preopened as /data)
  *   disk.generation  the generation that last ran on this disk, as text
  *   console.log      the guest's stdout and stderr, appended
+ *   ft-base/         FT: the disk as it was at the log's first event (a new
+ *                    backup starts from a copy of it)
+ *   ft.log           FT: the whole event log, served to a backup from event 0
  *
  * Invariants:
  * - The disk is reused only when this host ran this generation (the host
@@ -29,6 +32,31 @@ import type { VmRunState, VmSpec } from '../coord/records.js';
 import { Vm, type VmOutcome } from '../vm/vm.js';
 import { StopReason } from '../vm/wasi/signals.js';
 import { parseListen } from '../io/net-device.js';
+import { FtBackupSide, FtPrimarySide, type Protection } from './ft-pair.js';
+import type { FtLinkServer, FtLogger } from '../io/ft-link.js';
+import type { HostRecord } from '../coord/records.js';
+
+/** What a host gives its FT VMs: its channel listener and identity. */
+export interface FtServices {
+  server: FtLinkServer;
+  key: Buffer;
+  clusterId: string;
+  self: string;
+  incarnation: string;
+  log: FtLogger;
+  lagBoundMs: number;
+  /** TESTING ONLY: delay every frame a backup receives (widens windows for the planted-bug tests). */
+  linkDelayMs: number;
+  /** Something about protection changed: the daemon reconciles and reports. */
+  changed(): void;
+}
+
+/** How a VM runs here: alone, or as one member of an FT pair. */
+export type LocalRole =
+  { kind: 'plain' } | { kind: 'ft-primary' } | { kind: 'ft-backup'; primary: HostRecord; ftBase: string };
+
+/** How long an offered backup may take to attach before it counts as lost. */
+export const FT_ATTACH_TIMEOUT_MS = 20_000;
 
 export interface LocalVmEvent {
   state: VmRunState;
@@ -44,14 +72,147 @@ export class LocalVm {
   state: VmRunState = 'starting';
   private vm: Vm | null = null;
   private stopRequested = false;
+  private pside: FtPrimarySide | null = null;
+  private bside: FtBackupSide | null = null;
+  private offered: { backup: string; incarnation: string; generation: number; atMs: number } | null = null;
+  /** FT primary: the offered backup's session closed, or it never attached in time. */
+  backupLost = false;
+  /** FT backup: the session with the primary closed. */
+  primaryLost = false;
 
   constructor(
     readonly spec: VmSpec,
-    readonly generation: number,
+    public generation: number,
     private readonly hostData: string,
     private readonly cacheDir: string | undefined,
     private readonly onState: (e: LocalVmEvent) => void,
+    private role: LocalRole = { kind: 'plain' },
+    private readonly ft: FtServices | null = null,
   ) {}
+
+  /** 'backup' for an FT backup, 'primary' otherwise. */
+  get roleName(): 'primary' | 'backup' {
+    return this.role.kind === 'ft-backup' ? 'backup' : 'primary';
+  }
+
+  get ftBasePath(): string {
+    return path.join(this.dir, 'ft-base');
+  }
+
+  private get ftLogPath(): string {
+    return path.join(this.dir, 'ft.log');
+  }
+
+  /** FT primary: its live protection, for the VM's status. */
+  ftStatus(): {
+    protection: Protection;
+    reason: string | null;
+    lagMs: number | null;
+    heldOutputs: number;
+  } | null {
+    const ps = this.pside;
+    if (ps === null) return null;
+    return {
+      protection: ps.state,
+      reason: this.ftReason,
+      lagMs: ps.lag()?.ms ?? null,
+      heldOutputs: this.vm?.outputGate?.heldMarks ?? 0,
+    };
+  }
+  private ftReason: string | null = 'no backup attached yet';
+
+  /** FT primary: ms since its backup last acknowledged anything (Infinity without a session). */
+  backupSilentMs(nowMs: number): number {
+    const ps = this.pside;
+    if (ps === null || !ps.backupAttached) return Infinity;
+    return nowMs - ps.lastAckAtMs;
+  }
+
+  /**
+   * FT primary: serve `backup` (at its registered incarnation) from the first
+   * event; a no-op when it is already offered. Marks the backup lost when it
+   * has not attached within FT_ATTACH_TIMEOUT_MS.
+   */
+  offerBackup(generation: number, backup: string, incarnation: string, nowMs: number): void {
+    const ps = this.pside;
+    if (ps === null) return;
+    const o = this.offered;
+    if (o !== null && o.backup === backup && o.incarnation === incarnation && o.generation === generation) {
+      if (
+        !ps.backupAttached &&
+        ps.state !== 'protected' &&
+        nowMs - o.atMs > FT_ATTACH_TIMEOUT_MS &&
+        !this.backupLost
+      ) {
+        this.backupLost = true;
+        this.ftReason = `backup ${backup} did not attach within ${FT_ATTACH_TIMEOUT_MS} ms`;
+        this.ft?.changed();
+      }
+      return;
+    }
+    this.offered = { backup, incarnation, generation, atMs: nowMs };
+    this.backupLost = false;
+    this.ftReason = `waiting for ${backup} to attach`;
+    ps.offer(generation, backup, incarnation);
+  }
+
+  /** FT primary: it won `generation` without its backup; what it held leaves now. */
+  adopt(generation: number, reason: string): void {
+    this.generation = generation;
+    this.offered = null;
+    this.backupLost = false;
+    this.ftReason = reason;
+    this.pside?.runAlone(reason);
+  }
+
+  /**
+   * FT backup: it won `generation` and the old primary is fenced. Replays what
+   * it received, goes live at the service address, and runs on as a primary
+   * that continues the same log (so it can serve a backup of its own).
+   */
+  async promote(generation: number, reason: string): Promise<void> {
+    const bs = this.bside;
+    const vm = this.vm;
+    if (bs === null || vm === null || this.ft === null) throw new Error('promote: not a running FT backup');
+    const at = await bs.goLive();
+    this.bside = null;
+    this.generation = generation;
+    this.role = { kind: 'ft-primary' };
+    this.pside = this.primarySide(vm, null, at);
+    this.offered = null;
+    this.ftReason = reason;
+    this.pside.runAlone(reason);
+    this.state = 'running';
+    this.onState({ state: 'running', message: null, exitCode: null });
+  }
+
+  private primarySide(
+    vm: Vm,
+    prefix: Buffer | null,
+    continueAt?: { fileBytes: number; events: number },
+  ): FtPrimarySide {
+    const ft = this.ft!;
+    return new FtPrimarySide({
+      vm,
+      vmName: this.spec.name,
+      logPath: this.ftLogPath,
+      prefix,
+      ...(continueAt !== undefined ? { continueAt } : {}),
+      server: ft.server,
+      lagBoundMs: ft.lagBoundMs,
+      log: ft.log,
+      onProtection: (p, reason) => {
+        if (p !== 'unprotected') this.ftReason = null;
+        else if (reason !== null) this.ftReason = reason;
+        ft.changed();
+      },
+      onBackupLost: (reason) => {
+        this.backupLost = true;
+        this.ftReason = `backup lost: ${reason.message}`;
+        ft.changed();
+      },
+    });
+  }
 
   get dir(): string {
     return vmDataDir(this.hostData, this.spec.name);
@@ -67,7 +228,14 @@ export class LocalVm {
     let consoleFd = -1;
     try {
       await mkdir(this.dir, { recursive: true });
-      const disk = await this.prepareDisk();
+      const role = this.role;
+      const disk =
+        role.kind === 'ft-backup' ? await this.prepareBackupDisk(role.ftBase) : await this.prepareDisk();
+      if (role.kind === 'ft-primary' && disk !== null) {
+        // The log starts here, so a backup must start from this very disk: keep a copy.
+        await rm(this.ftBasePath, { recursive: true, force: true });
+        await cp(disk, this.ftBasePath, { recursive: true });
+      }
       consoleFd = openSync(this.consoleLog, 'a', 0o600);
       writeSync(consoleFd, `--- lockstep: ${this.spec.name} generation ${this.generation} starting\n`);
       const listen = parseListen(this.spec.listen);
@@ -84,11 +252,17 @@ export class LocalVm {
         cpuBudget: null,
         stdioFds: { stdout: consoleFd, stderr: consoleFd },
         instrumentInWorker: true,
+        ...(role.kind === 'ft-primary'
+          ? { log: { mode: 'ft-primary' as const } }
+          : role.kind === 'ft-backup'
+            ? { log: { mode: 'ft-backup' as const } }
+            : {}),
         ...(this.cacheDir !== undefined ? { cacheDir: this.cacheDir } : {}),
       });
       if (!loaded.ok) return this.finish('failed', loaded.error.message, null, consoleFd);
       if (this.stopRequested) return this.finish('stopped', 'stopped before it started', null, consoleFd);
       this.vm = loaded.vm;
+      const prefix = role.kind === 'ft-primary' ? Vm.logPrefix(loaded.vm.logHeader()) : null;
       try {
         await loaded.vm.start();
       } catch (e) {
@@ -99,10 +273,50 @@ export class LocalVm {
           consoleFd,
         );
       }
-      this.state = 'running';
-      this.onState({ state: 'running', message: null, exitCode: null });
       const fd = consoleFd;
       void loaded.vm.wait().then((o) => this.finishWithOutcome(o, fd));
+      if (role.kind === 'ft-primary') this.pside = this.primarySide(loaded.vm, prefix);
+      if (role.kind === 'ft-backup') {
+        const ft = this.ft!;
+        const addr = role.primary.ft ?? '';
+        const m = /^(.*):(\d+)$/.exec(addr);
+        if (m === null) {
+          loaded.vm.stop(StopReason.HOST);
+          this.startError = `primary ${role.primary.name} registered no FT listener`;
+          return;
+        }
+        const r = await FtBackupSide.connect({
+          key: ft.key,
+          clusterId: ft.clusterId,
+          self: ft.self,
+          selfIncarnation: ft.incarnation,
+          linkDelayMs: ft.linkDelayMs,
+          vm: loaded.vm,
+          vmName: this.spec.name,
+          logPath: this.ftLogPath,
+          primaryAddress: { host: m[1]!, port: Number(m[2]) },
+          primary: role.primary.name,
+          primaryIncarnation: role.primary.incarnation,
+          generation: this.generation,
+          log: ft.log,
+          onPrimaryLost: () => {
+            this.primaryLost = true;
+            ft.changed();
+          },
+        });
+        if (!r.ok) {
+          this.startError = `cannot attach to ${role.primary.name}: ${r.reason}`;
+          loaded.vm.stop(StopReason.HOST);
+          return;
+        }
+        this.bside = r.side;
+        if (this.stopRequested) {
+          void r.side.close();
+          return;
+        }
+      }
+      this.state = 'running';
+      this.onState({ state: 'running', message: null, exitCode: null });
     } catch (e) {
       this.finish('failed', (e as Error).message, null, consoleFd);
     }
@@ -113,6 +327,24 @@ export class LocalVm {
     this.stopRequested = true;
     if (discardOutputs) this.vm?.holdOutputs(true);
     this.vm?.stop(StopReason.HOST);
+    this.pside?.close();
+    void this.bside?.close();
+  }
+
+  /** Why a start ended early (an FT backup that could not attach), for the failed state. */
+  private startError: string | null = null;
+
+  /** FT backup: the disk as the primary had it at the log's first event. */
+  private async prepareBackupDisk(ftBase: string): Promise<string | null> {
+    if (this.spec.disk === null) return null;
+    const disk = path.join(this.dir, 'disk');
+    await rm(disk, { recursive: true, force: true });
+    await cp(ftBase, disk, { recursive: true });
+    // A backup that goes live serves backups of its own from the same first event.
+    await rm(this.ftBasePath, { recursive: true, force: true });
+    await cp(ftBase, this.ftBasePath, { recursive: true });
+    await writeFile(path.join(this.dir, 'disk.generation'), `${this.generation}\n`);
+    return disk;
   }
 
   holdOutputs(held: boolean): void {
@@ -154,6 +386,7 @@ export class LocalVm {
         return this.finish('failed', `stopped by a limit (${o.limit}): ${o.message}`, null, consoleFd);
       case 'signal':
       case 'killed':
+        if (this.startError !== null) return this.finish('failed', this.startError, null, consoleFd);
         return this.finish('stopped', 'stopped', null, consoleFd);
       case 'host-error':
         return this.finish('failed', `host error: ${o.message}`, null, consoleFd);
@@ -178,6 +411,8 @@ export class LocalVm {
     }
     this.state = state;
     this.vm = null;
+    this.pside?.close();
+    void this.bside?.close();
     this.onState({ state, message, exitCode });
   }
 }

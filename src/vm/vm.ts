@@ -56,6 +56,8 @@ export const MEMORY_MAX_MIB_LIMIT = 2047;
 export const CALL_DEPTH_MAX = DEFAULT_CALL_DEPTH_MAX;
 /** The vCPU worker's stack; generous so the depth counter, not V8, is what stops deep recursion. */
 const VCPU_STACK_MIB = 16;
+/** A going-live backup retries a busy service address this many times, 100 ms apart. */
+const GO_LIVE_BIND_ATTEMPTS = 50;
 /** How long a stop request may wait for a host call before the worker is terminated. */
 const STOP_GRACE_MS = 2000;
 
@@ -559,7 +561,17 @@ export class Vm {
       { ch: this.stdinCh!, source: this.config.stdin ?? null },
       null,
     );
-    const addresses = await this.net.listen();
+    // The old primary may still be letting go of the address (a test failover on one machine).
+    let addresses: ListenSpec[] = [];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        addresses = await this.net.listen();
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= GO_LIVE_BIND_ATTEMPTS) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
     this.net.setGate(this.makeGate(ft));
     ft.gate!.releaseAll();
     this.net.start();

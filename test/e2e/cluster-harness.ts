@@ -133,6 +133,8 @@ export interface LocalCluster {
   /** Runs the CLI and parses its stdout's last line as JSON (asserting exit 0). */
   cliJson<T = unknown>(args: string[], timeoutMs?: number): Promise<T>;
   addHost(name: string, extraArgs?: string[]): Promise<HostProc>;
+  /** The logs of every host started so far (also those killed or replaced), in start order. */
+  allLogs(): string;
   /** `vm create NAME --wasm KV --listen IP:6379 --disk (a fresh empty image) [--host HOST]`, waiting for it to serve. */
   createKv(o: { name?: string; ip: string; host?: string; extraArgs?: string[] }): Promise<VmStatus>;
   close(): Promise<void>;
@@ -158,8 +160,10 @@ export async function startCluster(o: {
       ...(o.wrap ? { wrap: o.wrap } : {}),
     });
     hosts.push(h);
+    started.push(h);
     return h;
   };
+  const started: HostProc[] = [];
   const cluster: LocalCluster = {
     dir: tmp.dir,
     coordinator,
@@ -176,6 +180,7 @@ export async function startCluster(o: {
       return JSON.parse(lines[lines.length - 1]!) as T;
     },
     addHost,
+    allLogs: () => started.map((h) => h.log()).join(''),
     createKv(k) {
       mkdirSync(path.join(tmp.dir, 'images'), { recursive: true });
       const disk = mkdtempSync(path.join(tmp.dir, 'images', 'kv-'));

@@ -60,6 +60,7 @@ interface Pair {
   pside: FtPrimarySide;
   bside: FtBackupSide;
   server: FtLinkServer;
+  backupLogPath: string;
   cleanup(): Promise<void>;
 }
 
@@ -125,6 +126,7 @@ async function startPair(o: {
     pside,
     bside,
     server,
+    backupLogPath: path.join(dir.dir, 'b.log'),
     async cleanup() {
       primary.stop(StopReason.HOST);
       backup.stop(StopReason.HOST);
@@ -177,8 +179,27 @@ async function crashUnderLoad(o: {
     await pair.server.close();
     await pair.primary.wait();
     const live = await pair.bside.goLive();
+    // As a host does: the new primary continues the log (a live FT VM's log must be drained, or
+    // its vCPU waits once the ring is full), alone until a new backup attaches.
+    const continued = new FtPrimarySide({
+      vm: pair.backup,
+      vmName: 'kv',
+      logPath: pair.backupLogPath,
+      prefix: null,
+      continueAt: live,
+      server: pair.server,
+      lagBoundMs: 2000,
+      log: quiet,
+    });
+    continued.runAlone('the primary crashed');
     const stats = await load.exited;
-    const final = await readKeys('127.0.0.1', pair.port, loadKeyNames(KEYS).all, 10_000);
+    let backupEnded: unknown = null;
+    void pair.backup.wait().then((o) => (backupEnded = o));
+    const final = await readKeys('127.0.0.1', pair.port, loadKeyNames(KEYS).all, 10_000).catch((e: Error) => {
+      throw new Error(
+        `${e.message}; the new primary ${backupEnded === null ? 'still runs' : `ended: ${JSON.stringify(backupEnded)}`}`,
+      );
+    });
     const ops = readHistory(out);
     const result = checkFinalReads(ops, final);
     const report =
