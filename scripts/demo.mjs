@@ -46,6 +46,7 @@ createInterface({ input: cluster.stdout }).once('line', (line) => {
           `${ip}:${port}`,
           '--disk',
           image,
+          '--ft',
           '--json',
         );
   if (r.status !== 0) {
@@ -59,11 +60,15 @@ createInterface({ input: cluster.stdout }).once('line', (line) => {
   process.stderr.write(
     [
       '',
-      `The example KV server runs as VM "kv" on host ${vm.primary}, at ${vm.address}.`,
+      `The example KV server runs as VM "kv" on host ${vm.primary}, at ${vm.address},` +
+        (vm.ft ? ` fault tolerant: its backup is on ${vm.backup} (${vm.protection}).` : ' without FT.'),
       `  talk to it:        redis-cli -h ${ip} -p ${port}`,
-      `  see the cluster:   LOCKSTEP_COORDINATOR=${coordinator} npx lockstep vm ls`,
+      `  see the cluster:   LOCKSTEP_COORDINATOR=${coordinator} npx lockstep vm show kv`,
       `  simulate a crash:  LOCKSTEP_COORDINATOR=${coordinator} npx lockstep host kill ${vm.primary}`,
-      '                     (without FT, the VM restarts on another host from its disk image)',
+      vm.ft
+        ? '                     (the backup goes live at the same address with the same memory and disk)'
+        : '                     (the VM restarts on another host from its disk image)',
+      `  test failover:     LOCKSTEP_COORDINATOR=${coordinator} npx lockstep vm failover kv`,
       'Ctrl-C stops the cluster.',
       '',
     ].join('\n'),

@@ -67,6 +67,7 @@ interface Pair {
 /** A primary and a backup in this process, paired over the real channel on loopback. */
 async function startPair(o: {
   plantReleaseBeforeAck: boolean;
+  plantAckBeforeReceipt?: boolean;
   linkDelayMs: number;
   lagBoundMs?: number;
 }): Promise<Pair> {
@@ -108,6 +109,7 @@ async function startPair(o: {
     self: 'hb',
     selfIncarnation: incB,
     linkDelayMs: o.linkDelayMs,
+    ...(o.plantAckBeforeReceipt === true ? { receiver: { ackBeforeReceipt: true } } : {}),
     vm: backup,
     vmName: 'kv',
     logPath: path.join(dir.dir, 'b.log'),
@@ -145,6 +147,7 @@ async function startPair(o: {
  */
 async function crashUnderLoad(o: {
   plantReleaseBeforeAck: boolean;
+  plantAckBeforeReceipt?: boolean;
   linkDelayMs: number;
   seed: number;
 }): Promise<{
@@ -203,7 +206,7 @@ async function crashUnderLoad(o: {
     const ops = readHistory(out);
     const result = checkFinalReads(ops, final);
     const report =
-      `seed ${o.seed}, plant ${o.plantReleaseBeforeAck}, link delay ${o.linkDelayMs} ms: held outputs at the kill ${held}; ` +
+      `seed ${o.seed}, plant ${o.plantReleaseBeforeAck ? 'release-before-ack' : o.plantAckBeforeReceipt === true ? 'ack-before-receipt' : 'none'}, link delay ${o.linkDelayMs} ms: held outputs at the kill ${held}; ` +
       `backup went live after ${live.events} calls; client: ${stats.stdout.trim()}; ${formatCheckResult(result)}`;
     return { linearizable: result.ok === true, report };
   } finally {
@@ -228,6 +231,22 @@ test(
   async (t) => {
     const seed = 1;
     const r = await crashUnderLoad({ plantReleaseBeforeAck: true, linkDelayMs: 300, seed });
+    t.diagnostic(r.report);
+    assert.ok(!r.linearizable, `the planted bug went unnoticed: ${r.report}`);
+  },
+);
+
+test(
+  'the planted bug "acknowledge before receipt" is caught by the same check',
+  { timeout: 90_000 },
+  async (t) => {
+    const seed = 1;
+    const r = await crashUnderLoad({
+      plantReleaseBeforeAck: false,
+      plantAckBeforeReceipt: true,
+      linkDelayMs: 300,
+      seed,
+    });
     t.diagnostic(r.report);
     assert.ok(!r.linearizable, `the planted bug went unnoticed: ${r.report}`);
   },
