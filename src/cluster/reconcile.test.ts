@@ -181,7 +181,7 @@ test('FT: the first placement names the primary; the backup comes once the prima
 
 test('FT: the primary starts as primary, the backup as backup, both at the placed generation', () => {
   const placement = ftPlaced('h1', 'h2', 3);
-  assert.deepEqual(decide(input({ spec: ftSpec, placement })), [
+  assert.deepEqual(decide(input({ spec: ftSpec, placement: ftPlaced('h1', null, 3) })), [
     { type: 'start', generation: 3, role: 'primary' },
   ]);
   assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement })), [
@@ -263,4 +263,20 @@ test('FT: a lost channel makes both members race for N+1; only the backup fences
     decide(input({ self: 'h2', spec: ftSpec, placement: ftPlaced('h1', null, 6), local: backupLocal })),
     [{ type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' }],
   );
+});
+
+test('FT: a primary host that restarted does not start the VM afresh while its backup holds the state', () => {
+  const placement = ftPlaced('h1', 'h2', 5);
+  assert.deepEqual(decide(input({ spec: ftSpec, placement })), [
+    { type: 'wait', reason: "its backup h2 holds the VM's state and takes over" },
+  ]);
+  // With the backup gone too, it restarts from its disk, as an unprotected VM would.
+  const hosts = new Map<string, PeerView>([
+    ['h1', 'up'],
+    ['h2', 'down'],
+    ['h3', 'up'],
+  ]);
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, hosts })), [
+    { type: 'start', generation: 5, role: 'primary' },
+  ]);
 });

@@ -220,6 +220,10 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
     if (!active || local.generation !== p.generation) {
       // A copy that stopped or failed at this generation stays so until someone asks to start it again.
       if (local !== null && local.generation === p.generation && local.role === 'primary') return [];
+      // This host lost its copy (it restarted) while a backup holds the VM's state: starting
+      // afresh here would throw that state away. The backup takes over (its session closed).
+      if (p.backup !== null && !gone(input.hosts.get(p.backup)))
+        return [{ type: 'wait', reason: `its backup ${p.backup} holds the VM's state and takes over` }];
       return [{ type: 'start', generation: p.generation, role: 'primary' }];
     }
     if (p.backup === null) {

@@ -546,7 +546,7 @@ export class HostDaemon implements HostBackend {
     if (p === null || p.backup == null || l.roleName !== 'primary') return false;
     const view = hosts.get(p.backup);
     if (view !== 'down' && view !== 'unknown') return false;
-    return l.backupSilentMs(performance.now()) > this.opts.timings.membership.failAfterMs;
+    return l.backupSilentMs(this.nowMs()) > this.opts.timings.membership.failAfterMs;
   }
 
   private observeClaims(vms: Map<string, VmBundle>, now: number): void {

@@ -121,11 +121,16 @@ export class LocalVm {
   }
   private ftReason: string | null = 'no backup attached yet';
 
-  /** FT primary: ms since its backup last acknowledged anything (Infinity without a session). */
+  /**
+   * FT primary: ms since its backup last acknowledged anything, or, before it
+   * attached, since it was offered (a backup host that dies before attaching
+   * must not hold the VM's outputs for the whole attach timeout).
+   */
   backupSilentMs(nowMs: number): number {
     const ps = this.pside;
-    if (ps === null || !ps.backupAttached) return Infinity;
-    return nowMs - ps.lastAckAtMs;
+    if (ps === null) return Infinity;
+    if (ps.backupAttached) return nowMs - ps.lastAckAtMs;
+    return this.offered === null ? Infinity : nowMs - this.offered.atMs;
   }
 
   /**
