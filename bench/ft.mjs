@@ -176,7 +176,19 @@ async function ioredisWrites(host, port, withWait, opsPerClient, clients = 50) {
 function startRedis(port, extra = []) {
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      ...extra,
+    ],
     {
       stdio: 'ignore',
     },
