@@ -212,19 +212,31 @@ test('FT: a backup whose primary is gone wins N+1 and fences it, without waiting
   ]);
   const local = { generation: 5, state: 'running' as const, role: 'backup' as const };
   const claim = { holder: 'h1', generation: 5, unchangedMs: 10, ttlMs: 5000 };
-  assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement, hosts, local, claim })), [
-    {
-      type: 'place',
-      expectVersion: 'v1',
-      placement: { v: 1, generation: 6, primary: 'h2', backup: null },
-      fence: 'h1',
-    },
-  ]);
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: ftSpec, placement, hosts, local, claim, ftBackupCaughtUp: true })),
+    [
+      {
+        type: 'place',
+        expectVersion: 'v1',
+        placement: { v: 1, generation: 6, primary: 'h2', backup: null },
+        fence: 'h1',
+      },
+    ],
+  );
   // Nobody else moves while the backup lives.
   assert.deepEqual(decide(input({ self: 'h3', spec: ftSpec, placement, hosts, claim })), []);
   // Having won, the backup goes live (it is not restarted).
   assert.deepEqual(
-    decide(input({ self: 'h2', spec: ftSpec, placement: ftPlaced('h2', null, 6), hosts, local })),
+    decide(
+      input({
+        self: 'h2',
+        spec: ftSpec,
+        placement: ftPlaced('h2', null, 6),
+        hosts,
+        local,
+        ftBackupCaughtUp: true,
+      }),
+    ),
     [{ type: 'promote', generation: 6 }],
   );
 });
@@ -234,7 +246,16 @@ test('FT: a lost channel makes both members race for N+1; only the backup fences
   const backupLocal = { generation: 5, state: 'running' as const, role: 'backup' as const };
   const primaryLocal = { generation: 5, state: 'running' as const, role: 'primary' as const };
   assert.deepEqual(
-    decide(input({ self: 'h2', spec: ftSpec, placement, local: backupLocal, ftPrimaryLost: true })),
+    decide(
+      input({
+        self: 'h2',
+        spec: ftSpec,
+        placement,
+        local: backupLocal,
+        ftPrimaryLost: true,
+        ftBackupCaughtUp: true,
+      }),
+    ),
     [
       {
         type: 'place',
@@ -278,5 +299,24 @@ test('FT: a primary host that restarted does not start the VM afresh while its b
   ]);
   assert.deepEqual(decide(input({ spec: ftSpec, placement, hosts })), [
     { type: 'start', generation: 5, role: 'primary' },
+  ]);
+});
+
+test('FT: a backup that had not caught up never goes live; with its primary gone the VM restarts as if both were lost', () => {
+  const placement = ftPlaced('h1', 'h2', 5);
+  const hosts = new Map<string, PeerView>([
+    ['h1', 'down'],
+    ['h2', 'up'],
+    ['h3', 'up'],
+  ]);
+  const local = { generation: 5, state: 'running' as const, role: 'backup' as const };
+  // Not caught up: no N+1 for it; the HA path (claim expiry, fence) decides instead.
+  const claim = { holder: 'h1', generation: 5, unchangedMs: 10, ttlMs: 5000 };
+  assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement, hosts, local, claim })), [
+    { type: 'wait', reason: "waiting for h1's claim to expire" },
+  ]);
+  // Named primary (by a test failover, say) while still syncing: it stops rather than go live.
+  assert.deepEqual(decide(input({ self: 'h2', spec: ftSpec, placement: ftPlaced('h2', null, 6), local })), [
+    { type: 'stop', discardOutputs: true, reason: 'a backup that had not caught up cannot go live' },
   ]);
 });

@@ -65,6 +65,13 @@ export interface ReconcileInput {
   ftBackupLost?: boolean;
   /** FT backup here: its session with the primary closed. */
   ftPrimaryLost?: boolean;
+  /**
+   * FT backup here: the primary has reported this pair protected at this
+   * generation (the backup caught up with everything the primary had released
+   * before it attached). A backup still syncing cannot take over: outputs of
+   * calls it has not received may have left while the primary ran alone.
+   */
+  ftBackupCaughtUp?: boolean;
 }
 
 export type ReconcileAction =
@@ -215,7 +222,14 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
     ];
   }
   if (p.primary === self) {
-    if (active && local.role === 'backup') return [{ type: 'promote', generation: p.generation }];
+    if (active && local.role === 'backup') {
+      // Only a backup that caught up may go live; one still syncing lacks outputs already seen.
+      if (input.ftBackupCaughtUp !== true)
+        return [
+          { type: 'stop', discardOutputs: true, reason: 'a backup that had not caught up cannot go live' },
+        ];
+      return [{ type: 'promote', generation: p.generation }];
+    }
     if (active && local.generation < p.generation) return [{ type: 'adopt', generation: p.generation }];
     if (!active || local.generation !== p.generation) {
       // A copy that stopped or failed at this generation stays so until someone asks to start it again.
@@ -250,7 +264,11 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
     const primaryGone = gone(primaryView);
     // Only a live replica at this generation can take over: without one there is nothing to go live.
     const replica =
-      active && local.role === 'backup' && local.generation === p.generation && local.state === 'running';
+      active &&
+      local.role === 'backup' &&
+      local.generation === p.generation &&
+      local.state === 'running' &&
+      input.ftBackupCaughtUp === true;
     if (replica && (primaryGone || input.ftPrimaryLost === true)) {
       return [
         {
@@ -264,12 +282,15 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
         },
       ];
     }
-    if (!active || local.generation !== p.generation || local.role !== 'backup')
-      return [{ type: 'start', generation: p.generation, role: 'backup' }];
-    return [];
+    if (!primaryGone || input.ftBackupCaughtUp === true) {
+      if (!active || local.generation !== p.generation || local.role !== 'backup')
+        return [{ type: 'start', generation: p.generation, role: 'backup' }];
+      return [];
+    }
+    // The primary is gone and this backup had not caught up: as if both were lost (below).
   }
   // Another host is primary. While its backup lives, the backup takes over, not us.
-  if (p.backup !== null && !gone(input.hosts.get(p.backup))) return [];
+  if (p.backup !== null && p.backup !== self && !gone(input.hosts.get(p.backup))) return [];
   if (!gone(input.hosts.get(p.primary))) return [];
   // Both members are gone: restart from this host's disk copy, as an unprotected VM would.
   const claim = input.claim;

@@ -259,7 +259,14 @@ export class HostDaemon implements HostBackend {
       log: this.log.child({ part: 'ft' }),
       lagBoundMs: this.opts.ftLagBoundMs ?? 500,
       linkDelayMs: this.opts.ftLinkDelayMs ?? 0,
-      changed: () => this.reconcileSoon(),
+      changed: () => {
+        // Protection changes go out at once: a backup may go live only once it is reported caught up.
+        for (const [name, l] of this.localVms) {
+          if (l.roleName === 'primary' && l.state === 'running' && l.ftStatus() !== null)
+            void this.writeStatus(name, l.generation, 'running', null, null);
+        }
+        this.reconcileSoon();
+      },
     };
     const registered = await this.register('up');
     if (!registered.ok)
@@ -515,6 +522,7 @@ export class HostDaemon implements HostBackend {
         claimExpiryMarginMs: this.opts.timings.claimExpiryMarginMs,
         ftBackupLost: local !== null && this.backupLost(local, b.placement?.value ?? null, hosts),
         ftPrimaryLost: local?.primaryLost ?? false,
+        ftBackupCaughtUp: local !== null && this.caughtUp(local, b),
       });
       for (const a of actions) await this.act(name, a, b);
       // An FT primary serves the backup its placement names (a no-op once offered).
@@ -547,6 +555,29 @@ export class HostDaemon implements HostBackend {
     const view = hosts.get(p.backup);
     if (view !== 'down' && view !== 'unknown') return false;
     return l.backupSilentMs(this.nowMs()) > this.opts.timings.membership.failAfterMs;
+  }
+
+  /**
+   * An FT backup caught up once its primary has reported the pair protected
+   * at the backup's generation; it stays so (a go-live moves the generation on).
+   */
+  private caughtUp(l: LocalVm, b: VmBundle): boolean {
+    if (l.roleName !== 'backup') return false;
+    if (!l.caughtUp) {
+      const st = b.status?.value;
+      const p = b.placement?.value;
+      if (
+        st !== undefined &&
+        p !== undefined &&
+        st.host === p.primary &&
+        st.generation === l.generation &&
+        p.generation === l.generation &&
+        p.backup === this.opts.name &&
+        st.ft?.protection === 'protected'
+      )
+        l.caughtUp = true;
+    }
+    return l.caughtUp;
   }
 
   private observeClaims(vms: Map<string, VmBundle>, now: number): void {
@@ -1127,8 +1158,10 @@ export class HostDaemon implements HostBackend {
       return conflict(`VM ${name} has no backup to take over`);
     const st = b.value.status?.value;
     const protection = st?.generation === pl.value.generation ? st.ft?.protection : undefined;
-    if (protection !== 'protected' && protection !== 'syncing')
-      return conflict(`VM ${name}'s backup ${pl.value.backup} is not attached yet`);
+    if (protection !== 'protected')
+      return conflict(
+        `VM ${name}'s backup ${pl.value.backup} is ${protection === 'syncing' ? 'still catching up' : 'not attached'}; try again once it is protected`,
+      );
     // The same path as a real failure: the backup owns generation N+1 and goes live; the old
     // primary sees it has lost its place and stops, dropping what it still held.
     const next: VmPlacement = {

@@ -42,6 +42,8 @@ import type { LogReceiverOptions, LogSenderOptions } from '../ft/channel.js';
 
 /** How much of the file a catch-up read takes at once. */
 const CATCH_UP_CHUNK_BYTES = 1024 * 1024;
+/** A catch-up read grows to hold one whole frame, up to the largest frame a log may have. */
+const CATCH_UP_CHUNK_BYTES_MAX = 128 * 1024 * 1024;
 /** How often a backup reports its replay progress. */
 const REPLAY_REPORT_MS = 20;
 /** A backup stops reading the channel while this much waits to enter its replay ring. */
@@ -145,9 +147,11 @@ export class FtPrimarySide {
       backupIncarnation,
       ...(this.o.sender !== undefined ? { sender: this.o.sender } : {}),
       startFrom: (asked) =>
-        asked.offset === 0 && asked.events === 0
-          ? { offset: 0, events: 0 }
-          : 'this primary serves its log from the first event only',
+        this.logBroken !== null
+          ? this.logBroken
+          : asked.offset === 0 && asked.events === 0
+            ? { offset: 0, events: 0 }
+            : 'this primary serves its log from the first event only',
       onSession: (link) => this.onSession(link),
       onAck: (_link, ack) => this.onAck(ack.ackedEventSeq, ack.replayedEventSeq),
       onClose: (_link, reason) => this.onClose(reason),
@@ -178,12 +182,24 @@ export class FtPrimarySide {
     }
   }
 
+  /** Why the log file cannot serve a backup any more (a write failed), or null. */
+  private logBroken: string | null = null;
+
   private onLogBytes(bytes: Buffer, lastEventSeq: number): void {
-    if (this.closed) return;
+    if (this.closed || this.logBroken !== null) return;
     const before = this.fileBytes;
     let off = 0;
-    while (off < bytes.byteLength)
-      off += writeSync(this.fd, bytes, off, bytes.byteLength - off, before + off);
+    try {
+      while (off < bytes.byteLength)
+        off += writeSync(this.fd, bytes, off, bytes.byteLength - off, before + off);
+    } catch (e) {
+      // Without the whole log no backup can be served: the current one is lost, and no new one
+      // attaches (the VM runs on unprotected once it wins the right to).
+      this.logBroken = `the FT log cannot be written: ${(e as Error).message}`;
+      this.o.log.warn({ vm: this.o.vmName, reason: this.logBroken }, `ft: ${this.logBroken}`);
+      this.link?.closeWith({ code: 'local', message: this.logBroken });
+      return;
+    }
     this.fileBytes += bytes.byteLength;
     this.fileEvents = lastEventSeq + 1;
     const link = this.link;
@@ -214,14 +230,15 @@ export class FtPrimarySide {
   private async catchUp(): Promise<void> {
     if (this.catchingUp) return;
     this.catchingUp = true;
+    let link: FtPrimaryLink | null = null;
     try {
-      const buf = Buffer.allocUnsafe(CATCH_UP_CHUNK_BYTES);
+      let buf = Buffer.allocUnsafe(CATCH_UP_CHUNK_BYTES);
       for (;;) {
-        const link = this.link;
+        link = this.link;
         if (link === null || link.isClosed || this.closed) return;
         if (this.sent >= this.fileBytes) return;
         const space = link.spaceBytes;
-        if (space < Math.min(CATCH_UP_CHUNK_BYTES, this.fileBytes - this.sent)) {
+        if (space < Math.min(buf.byteLength, this.fileBytes - this.sent)) {
           // Acks free room; poll gently rather than busily.
           await new Promise((r) => setTimeout(r, 5));
           continue;
@@ -235,13 +252,22 @@ export class FtPrimarySide {
         const n = readSync(this.fd, buf, 0, want, this.sent);
         const whole = wholeFrames(buf.subarray(0, n));
         if (whole.bytes === 0) {
-          throw new Error(`ft log ${this.o.logPath}: no whole frame at offset ${this.sent}`);
+          // One record can be bigger than a chunk (random_get takes up to 16 MiB): read more.
+          if (n < want || buf.byteLength >= CATCH_UP_CHUNK_BYTES_MAX)
+            throw new Error(`ft log ${this.o.logPath}: no whole frame at offset ${this.sent}`);
+          buf = Buffer.allocUnsafe(buf.byteLength * 2);
+          continue;
         }
         const events = whole.events ?? this.sentEvents;
         this.appendFromFile(link, Buffer.from(buf.subarray(0, whole.bytes)), events - 1);
         // Let acks and the guest's I/O in between chunks.
         await new Promise((r) => setImmediate(r));
       }
+    } catch (e) {
+      // The backup cannot be served (the log file failed): it is lost, the VM is not.
+      const why = (e as Error).message;
+      this.o.log.warn({ vm: this.o.vmName, reason: why }, `ft: cannot serve the log to the backup: ${why}`);
+      link?.closeWith({ code: 'local', message: `cannot serve the log: ${why}` });
     } finally {
       this.catchingUp = false;
     }

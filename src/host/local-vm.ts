@@ -79,6 +79,8 @@ export class LocalVm {
   backupLost = false;
   /** FT backup: the session with the primary closed. */
   primaryLost = false;
+  /** FT backup: the primary reported the pair protected at this copy's generation (it caught up). */
+  caughtUp = false;
 
   constructor(
     readonly spec: VmSpec,

@@ -166,7 +166,7 @@ export class NetDevice {
           c.vcpuClosed = true;
           if (c.chaos !== null) clearChaosTimers(c.chaos);
           c.socket.destroy();
-          this.conns.delete(c.id);
+          this.dropConn(c);
         }
         break;
       }
@@ -248,7 +248,7 @@ export class NetDevice {
       else c.ch.setRxFlag(RxFlag.EOF);
       c.ch.setTxFlag(TxFlag.BROKEN);
       this.ctl.wakeVcpu();
-      if (c.vcpuClosed) this.conns.delete(c.id);
+      if (c.vcpuClosed) this.dropConn(c);
     });
     const offer: IoToVcpuMessage = { type: 'conn', listener, connId: c.id, sab: c.ch.sab };
     const holdMs = chaos === null ? 0 : chaos.policy.acceptDelayMs();
@@ -299,6 +299,12 @@ export class NetDevice {
     gate.onRelease = () => {
       if (this.running) this.service();
     };
+  }
+
+  /** Forgets a connection that is closed on both sides (its gate state goes with it). */
+  private dropConn(c: Conn): void {
+    this.conns.delete(c.id);
+    this.gate?.forget(c.id);
   }
 
   /** Holds or releases every network output of the VM; releasing flushes what waited, in order. */
@@ -366,8 +372,7 @@ export class NetDevice {
     }
     if ((txf & TxFlag.CLOSE) !== 0 && !c.vcpuClosed) {
       c.vcpuClosed = true;
-      gate?.forget(c.id);
-      if (c.socketClosed) this.conns.delete(c.id);
+      if (c.socketClosed) this.dropConn(c);
       else if (resetOnClose) {
         // The reset also frees the entry at once instead of leaving a paused socket nobody will read.
         c.rxLeftover = null;
@@ -535,6 +540,14 @@ export class NetDevice {
 
   /** Flushes what the guest sent, then closes every listener and connection. */
   async close(): Promise<void> {
+    if (this.gate !== null && !this.gate.open) {
+      // An FT primary that stops never releases what its backup has not acknowledged: the backup
+      // may be taking over without those calls. What was released still leaves; the rest is
+      // dropped with the connections.
+      this.gate.poll();
+      this.service();
+      this.outputsHeld = true;
+    }
     if (this.outputsHeld) {
       // Held outputs are never released by a stop: a VM whose host lost its claim may have been
       // taken over, and what it computed since must not reach anyone. Its connections are reset.
@@ -545,8 +558,6 @@ export class NetDevice {
       for (const s of this.servers) s.close();
       return;
     }
-    // A deliberate stop releases what the Output Rule still held: both copies stop here.
-    this.gate?.releaseAll();
     this.service();
     this.running = false;
     this.ctl.pokeIo();

@@ -59,8 +59,8 @@ export class OutputGate {
 
   /** Outputs written and not yet released (a gauge for tests and metrics). */
   get heldMarks(): number {
-    this.ingest();
-    return this.pending.length - this.pendingHead;
+    // Counted without taking marks out of the ring: a full ring is the throttle of last resort.
+    return this.pending.length - this.pendingHead + this.shared.pendingMarks();
   }
 
   get releasedEventSeq(): number {

@@ -111,6 +111,11 @@ export class FtShared {
     return this.f64[C_REPLAYED_F64]!;
   }
 
+  /** Marks written and not yet taken by the main thread. */
+  pendingMarks(): number {
+    return Math.floor(this.marks.buffered() / MARK_BYTES);
+  }
+
   throttled(): boolean {
     return Atomics.load(this.i32, C_THROTTLE) !== 0;
   }
