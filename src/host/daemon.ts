@@ -539,6 +539,18 @@ export class HostDaemon implements HostBackend {
       ) {
         const rec = this.hostRecords.get(pl.backup);
         if (rec !== undefined) l.offerBackup(pl.generation, pl.backup, rec.incarnation, this.nowMs());
+      } else if (
+        l !== undefined &&
+        pl !== undefined &&
+        l.roleName === 'primary' &&
+        l.state === 'running' &&
+        pl.primary === this.opts.name &&
+        pl.generation === l.generation &&
+        pl.backup == null &&
+        b.spec?.value.ft === true &&
+        actions.some((x) => x.type === 'wait')
+      ) {
+        l.runWithoutBackup('no other host is up to hold a backup');
       }
     }
   }

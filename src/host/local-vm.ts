@@ -163,6 +163,19 @@ export class LocalVm {
     ps.offer(generation, backup, incarnation);
   }
 
+  /**
+   * FT primary whose placement names no backup (none could be placed): it runs
+   * unprotected, with outputs leaving at once, rather than hold them forever.
+   * The placement is already its own, so no test-and-set is needed.
+   */
+  runWithoutBackup(reason: string): void {
+    const ps = this.pside;
+    if (ps === null || this.vm?.outputGate?.open === true) return;
+    this.offered = null;
+    this.ftReason = reason;
+    ps.runAlone(reason);
+  }
+
   /** FT primary: it won `generation` without its backup; what it held leaves now. */
   adopt(generation: number, reason: string): void {
     this.generation = generation;

@@ -240,3 +240,31 @@ test(
     }
   },
 );
+
+test('an FT VM on a cluster of one host runs unprotected, and says why', { timeout: 60_000 }, async () => {
+  const c = await startCluster({ hosts: 1, profile: 'fast', prefix: 'ft-alone' });
+  try {
+    const ip = serviceIp(43);
+    await c.createKv({ name: 'lone', ip, extraArgs: ['--ft', '--no-wait'] });
+    const s = await waitUntil(
+      'lone serving',
+      async () => {
+        const v = await show(c, 'lone').catch(() => undefined);
+        return v?.state === 'running' ? v : undefined;
+      },
+      30_000,
+    );
+    const { Redis } = await import('ioredis');
+    const r = new Redis({ host: ip, port: PORT, lazyConnect: true, maxRetriesPerRequest: 0 });
+    r.on('error', () => {});
+    await r.connect();
+    assert.equal(await r.set('k', 'v'), 'OK', 'outputs leave without a backup');
+    r.disconnect();
+    const after = await show(c, 'lone');
+    assert.equal(after.protection, 'unprotected');
+    assert.match(after.reason ?? '', /no other host/);
+    assert.equal(s.backup, null);
+  } finally {
+    await c.close();
+  }
+});
