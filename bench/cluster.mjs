@@ -12,13 +12,13 @@
 // what counts.
 //
 // Usage: node bench/cluster.mjs [--runs N] [--profiles default,fast] [--out FILE]
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+
+import { median, ping, startHost } from './lib/cluster.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const bin = path.join(root, 'bin', 'lockstep.js');
@@ -31,48 +31,6 @@ const profiles = arg('--profiles', 'default,fast').split(',');
 const out = arg('--out', null);
 const { HOST_PROFILES } = await import(path.join(root, 'dist', 'src', 'host', 'timings.js'));
 const RUN_LIMIT_MS = 60_000;
-
-function startHost(dir, name, coordinator, profile) {
-  const child = spawn(
-    process.execPath,
-    [
-      bin,
-      'host',
-      'start',
-      '--name',
-      name,
-      '--data',
-      path.join(dir, name),
-      '--coordinator',
-      coordinator,
-      '--profile',
-      profile,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let log = '';
-  child.stderr.on('data', (b) => (log += b.toString()));
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (l) =>
-      resolve({ child, log: () => log, ...JSON.parse(l) }),
-    );
-    child.once('exit', (c) => reject(new Error(`host ${name} exited ${c}: ${log}`)));
-  });
-}
-
-function ping(host, port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    const done = (ok) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(200, () => done(false));
-    s.once('error', () => done(false));
-    s.once('connect', () => s.write('PING\r\n'));
-    s.once('data', (b) => done(b.toString().startsWith('+PONG')));
-  });
-}
 
 async function oneRun(profile, i) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-cluster-'));
@@ -122,15 +80,6 @@ async function oneRun(profile, i) {
     rmSync(dir, { recursive: true, force: true });
   }
 }
-
-const median = (xs) => {
-  const s = xs.filter((x) => x !== null).sort((a, b) => a - b);
-  return s.length === 0
-    ? null
-    : s.length % 2
-      ? s[(s.length - 1) / 2]
-      : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const results = {
   date: new Date().toISOString(),

@@ -31,8 +31,9 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync }
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+
+import { median, ping, startHost as startHostIn } from './lib/cluster.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const bin = path.join(root, 'bin', 'lockstep.js');
@@ -53,11 +54,6 @@ const rateAbs = arg('--rate', null);
 const { Redis } = await import('ioredis');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => {
-  const s = xs.filter((x) => x !== null && Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return null;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const round2 = (x) => (x === null ? null : Math.round(x * 100) / 100);
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-ft-'));
@@ -72,37 +68,13 @@ process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
 
-function startHost(name) {
-  const child = spawn(
-    process.execPath,
-    [
-      bin,
-      'host',
-      'start',
-      '--name',
-      name,
-      '--data',
-      path.join(dir, name),
-      '--coordinator',
-      coordinator,
-      '--profile',
-      profile,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  let log = '';
-  child.stderr.on('data', (b) => (log += b.toString()));
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (l) => {
-      const h = { child, log: () => log, ...JSON.parse(l) };
-      hosts.set(name, h);
-      started.push(h);
-      resolve(h);
-    });
-    child.once('exit', (c) => reject(new Error(`host ${name} exited ${c}: ${log}`)));
-  });
+async function startHost(name) {
+  const h = await startHostIn(dir, name, coordinator, profile);
+  children.add(h.child);
+  h.child.once('exit', () => children.delete(h.child));
+  hosts.set(name, h);
+  started.push(h);
+  return h;
 }
 
 function lockstep(...args) {
@@ -118,20 +90,6 @@ async function waitProtected(name) {
     await sleep(100);
   }
   throw new Error(`${name} never became protected`);
-}
-
-function ping(host, port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host, port });
-    const done = (ok) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(200, () => done(false));
-    s.once('error', () => done(false));
-    s.once('connect', () => s.write('PING\r\n'));
-    s.once('data', (b) => done(b.toString().startsWith('+PONG')));
-  });
 }
 
 /** redis-benchmark --csv: per test, rps and latency percentiles (ms). */
