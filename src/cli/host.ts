@@ -28,6 +28,7 @@ interface HostStartOptions {
   clusterSecretOverride?: string;
   timing: string[];
   fence: string;
+  vipInterface?: string;
 }
 
 function collect(v: string, acc: string[]): string[] {
@@ -64,8 +65,12 @@ export function addHostCommands(program: Command): void {
     )
     .option(
       '--fence <agent>',
-      'how a host taking over from this one fences it: local (kill -9 on this machine) or command:/PATH',
+      "how a host taking over from this one fences it: local (kill -9 on this machine), vip (remove the VM's virtual IP from this host; needs --vip-interface) or command:/PATH",
       'local',
+    )
+    .option(
+      '--vip-interface <iface>',
+      "put each VM's service address on this interface as a virtual IP (ip addr + gratuitous ARP) while this host is its primary",
     )
     .addOption(new Option('--cluster-secret-override <hex>', 'testing only: use a wrong secret').hideHelp())
     .action((o: HostStartOptions) => runCli(() => hostStart(o)));
@@ -109,6 +114,9 @@ async function hostStart(o: HostStartOptions): Promise<void> {
     logger,
     secretOverrideHex: o.clusterSecretOverride ?? null,
     fence,
+    vipInterface: o.vipInterface ?? null,
+    // A planted bug for the partition and pause suites; never set outside tests.
+    plantSkipGenerationCompare: process.env['LOCKSTEP_TEST_PLANT'] === 'skip-generation-compare',
     ...(process.env['LOCKSTEP_CACHE_DIR'] ? { cacheDir: process.env['LOCKSTEP_CACHE_DIR'] } : {}),
   });
   if (!started.ok) throw new CliError(started.error.message, started.error.code === 'usage' ? 2 : 1);

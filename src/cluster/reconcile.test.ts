@@ -300,6 +300,10 @@ test('FT: a primary host that restarted does not start the VM afresh while its b
   assert.deepEqual(decide(input({ spec: ftSpec, placement, hosts })), [
     { type: 'start', generation: 5, role: 'primary' },
   ]);
+  // A backup that is up but never took over holds no replica (its host restarted too): the wait ends.
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, ftBackupTakeoverOverdue: true })), [
+    { type: 'start', generation: 5, role: 'primary' },
+  ]);
 });
 
 test('FT: a backup that had not caught up never goes live; with its primary gone the VM restarts as if both were lost', () => {

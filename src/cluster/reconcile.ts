@@ -61,6 +61,15 @@ export interface ReconcileInput {
   local: LocalVm | null;
   /** Extra time beyond a claim's TTL before it counts as expired (clock-rate slack). */
   claimExpiryMarginMs: number;
+  /**
+   * How long this host has seen the placement record unchanged (ms of its
+   * own clock); absent: long ago. A primary that won its generation claims
+   * it only after fencing and starting, so until its claim appears, the
+   * placement's age stands in for the claim's.
+   */
+  placementUnchangedMs?: number;
+  /** This host's claim TTL, for a primary whose claim has not appeared yet. */
+  claimTtlMs?: number;
   /** FT primary here: its backup's session closed, or the backup never attached in time. */
   ftBackupLost?: boolean;
   /** FT backup here: its session with the primary closed. */
@@ -72,6 +81,13 @@ export interface ReconcileInput {
    * calls it has not received may have left while the primary ran alone.
    */
   ftBackupCaughtUp?: boolean;
+  /**
+   * FT primary host that lost its copy (it restarted): it has waited long
+   * enough for its backup to take over, and the backup has not (it holds no
+   * live replica, e.g. its host restarted too). The VM then starts from this
+   * host's disk rather than wait forever.
+   */
+  ftBackupTakeoverOverdue?: boolean;
 }
 
 export type ReconcileAction =
@@ -120,6 +136,31 @@ function gone(view: PeerView | undefined): boolean {
   return view === undefined || view === 'down' || view === 'left' || view === 'unknown';
 }
 
+/**
+ * Whether a takeover from `holder` (primary at `generation`) must still wait
+ * for its claim: its claim on that generation has stood still for less than
+ * the TTL and margin, or, if it has not claimed that generation yet (it won
+ * the placement and is fencing or starting), the placement has stood still
+ * for less than that. A host that left cleanly runs nothing: no wait.
+ */
+function waitForClaim(input: ReconcileInput, holder: string, generation: number): ReconcileAction | null {
+  if (input.hosts.get(holder) === 'left') return null;
+  const claim = input.claim;
+  const margin = input.claimExpiryMarginMs;
+  if (claim !== null && claim.holder === holder && claim.generation === generation) {
+    if (claim.unchangedMs <= claim.ttlMs + margin)
+      return { type: 'wait', reason: `waiting for ${holder}'s claim to expire` };
+    return null;
+  }
+  const ttlMs = input.claimTtlMs ?? claim?.ttlMs ?? 0;
+  if ((input.placementUnchangedMs ?? Infinity) <= ttlMs + margin)
+    return {
+      type: 'wait',
+      reason: `waiting for ${holder} to claim generation ${generation}, or for that to lapse`,
+    };
+  return null;
+}
+
 export function decide(input: ReconcileInput): ReconcileAction[] {
   const { self, spec, placement, local } = input;
   if (spec === null) return local !== null ? [{ type: 'remove-local' }] : [];
@@ -166,11 +207,8 @@ export function decide(input: ReconcileInput): ReconcileAction[] {
   const holder = p.primary;
   const view = input.hosts.get(holder);
   if (!gone(view)) return [];
-  const claim = input.claim;
-  if (view !== 'left' && claim !== null && claim.holder === holder) {
-    if (claim.unchangedMs <= claim.ttlMs + input.claimExpiryMarginMs)
-      return [{ type: 'wait', reason: `waiting for ${holder}'s claim to expire` }];
-  }
+  const claimWait = waitForClaim(input, holder, p.generation);
+  if (claimWait !== null) return [claimWait];
   const chosen = chooseHost(input.hosts, input.loads, holder);
   if (chosen === null) return [{ type: 'wait', reason: 'no host is up to take it over' }];
   if (chosen !== self) return [];
@@ -236,7 +274,7 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
       if (local !== null && local.generation === p.generation && local.role === 'primary') return [];
       // This host lost its copy (it restarted) while a backup holds the VM's state: starting
       // afresh here would throw that state away. The backup takes over (its session closed).
-      if (p.backup !== null && !gone(input.hosts.get(p.backup)))
+      if (p.backup !== null && !gone(input.hosts.get(p.backup)) && input.ftBackupTakeoverOverdue !== true)
         return [{ type: 'wait', reason: `its backup ${p.backup} holds the VM's state and takes over` }];
       return [{ type: 'start', generation: p.generation, role: 'primary' }];
     }
@@ -293,12 +331,8 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
   if (p.backup !== null && p.backup !== self && !gone(input.hosts.get(p.backup))) return [];
   if (!gone(input.hosts.get(p.primary))) return [];
   // Both members are gone: restart from this host's disk copy, as an unprotected VM would.
-  const claim = input.claim;
-  const view = input.hosts.get(p.primary);
-  if (view !== 'left' && claim !== null && claim.holder === p.primary) {
-    if (claim.unchangedMs <= claim.ttlMs + input.claimExpiryMarginMs)
-      return [{ type: 'wait', reason: `waiting for ${p.primary}'s claim to expire` }];
-  }
+  const claimWait = waitForClaim(input, p.primary, p.generation);
+  if (claimWait !== null) return [claimWait];
   const chosen = chooseHost(input.hosts, input.loads, p.primary);
   if (chosen === null) return [{ type: 'wait', reason: 'no host is up to take it over' }];
   if (chosen !== self) return [];

@@ -65,7 +65,13 @@ export interface HostRecord {
   /** The FT logging channel's listener, "HOST:PORT" (backups connect to it); absent before FT. */
   ft?: string;
   /** How a host taking over from this one fences it (src/host/fence.ts); absent means local. */
-  fence?: { agent: 'local' } | { agent: 'command'; command: string };
+  fence?: { agent: 'local' } | { agent: 'command'; command: string } | { agent: 'vip' };
+  /**
+   * `--vip-interface`: the interface this host puts its VMs' service
+   * addresses on, and the network namespace it runs in (by `ip netns` name,
+   * null for the initial one), so a `vip` fence agent can take them away.
+   */
+  vip?: { iface: string; netns: string | null };
 }
 
 export type DesiredState = 'running' | 'stopped';

@@ -28,7 +28,7 @@
  */
 import { randomBytes, createHash } from 'node:crypto';
 import { readFile, rm, stat, open as openFile } from 'node:fs/promises';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Coordinator, Versioned } from '../coord/coordinator.js';
@@ -86,8 +86,9 @@ import {
 import { vmView } from '../cluster/vm-view.js';
 import { LocalVm, vmDataDir, type FtServices, type LocalRole } from './local-vm.js';
 import { FtLinkServer } from '../io/ft-link.js';
-import { liveness, selfIdentity } from './proc.js';
+import { liveness, netnsName, selfIdentity } from './proc.js';
 import { fenceHost, type FenceSpec } from './fence.js';
+import { InterfaceVips, type ServiceAddresses } from './vip.js';
 import type { HostTimings } from './timings.js';
 import { MEMORY_MAX_MIB_DEFAULT, MEMORY_MAX_MIB_LIMIT } from '../vm/vm.js';
 import { parseListen } from '../io/net-device.js';
@@ -112,6 +113,19 @@ export interface HostOptions {
   nowMs?: () => number;
   /** How other hosts fence this one; local by default. */
   fence?: FenceSpec;
+  /**
+   * The interface this host puts its VMs' service addresses on (virtual IPs,
+   * moved with `ip addr` and gratuitous ARP); null: addresses are bound as
+   * they are (loopback addresses on one machine).
+   */
+  vipInterface?: string | null;
+  /**
+   * TESTING ONLY, a planted bug: "skip the generation compare". An FT member
+   * that loses its partner acts on generation N+1 at once, without the
+   * test-and-set, and no copy of this host ever stops because the coordinator
+   * names a newer generation. The partition and pause suites must catch it.
+   */
+  plantSkipGenerationCompare?: boolean;
 }
 
 export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'; message: string };
@@ -120,6 +134,13 @@ export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'
 const REJECT_LOG_INTERVAL_MS = 5000;
 /** An FT backup that failed to start or attach is tried again after this long. */
 const BACKUP_RETRY_MS = 1000;
+/**
+ * How long a restarted primary host waits for its VM's backup to take over
+ * before it starts the VM from its own disk. A backup with a live replica
+ * wins within the failure detection time; one that has not by then holds no
+ * replica (its host restarted too), and waiting longer would wait forever.
+ */
+const FT_BACKUP_TAKEOVER_GRACE_MS = 10_000;
 /** Frames from unknown incarnations make the host re-read the registry at most this often. */
 const REFRESH_EARLY_MIN_MS = 500;
 /** Sources remembered for rate-limiting rejection logs; beyond this the memory is reset. */
@@ -139,6 +160,8 @@ export class HostDaemon implements HostBackend {
   /** VMs this host won by takeover and must fence before starting: vm → host to fence. */
   private readonly pendingFence = new Map<string, string>();
   private readonly claimSeen = new Map<string, ClaimSeen>();
+  /** The placement version last read per VM, and since when (monotonic ms) it has been that. */
+  private readonly placementSeen = new Map<string, { version: string; sinceMs: number }>();
   private readonly claimCounter = new Map<string, number>();
   /** Start time (monotonic ms) of the last successful claim renewal, per local VM. */
   private readonly claimRenewedAtMs = new Map<string, number>();
@@ -156,6 +179,9 @@ export class HostDaemon implements HostBackend {
   private ftServer: FtLinkServer | null = null;
   private readonly backupStartAtMs = new Map<string, number>();
   private ftServices: FtServices | null = null;
+  private readonly addresses: ServiceAddresses | null;
+  /** Since when (monotonic ms) this restarted host has waited for a VM's backup to take over. */
+  private readonly backupTakeoverWaitSinceMs = new Map<string, number>();
   private readonly incarnation = randomBytes(8).toString('hex');
   private readonly nowMs: () => number;
   private readonly log: Logger;
@@ -170,6 +196,10 @@ export class HostDaemon implements HostBackend {
     this.nowMs = opts.nowMs ?? (() => performance.now());
     this.log = opts.logger;
     this.membership = new Membership({ self: opts.name, ...opts.timings.membership });
+    this.addresses =
+      opts.vipInterface != null
+        ? new InterfaceVips(opts.vipInterface, this.log.child({ part: 'vip' }))
+        : null;
   }
 
   static async start(
@@ -180,6 +210,13 @@ export class HostDaemon implements HostBackend {
         'usage',
         `bad host name ${JSON.stringify(opts.name)}: use a-z, 0-9, '-' and '_' (at most 63)`,
       );
+    if (opts.fence?.agent === 'vip' && (opts.vipInterface ?? null) === null)
+      return fail(
+        'usage',
+        '--fence vip needs --vip-interface: the agent removes addresses from that interface',
+      );
+    if (opts.vipInterface != null && !existsSync(`/sys/class/net/${opts.vipInterface}`))
+      return fail('usage', `--vip-interface ${opts.vipInterface}: no such network interface here`);
     try {
       mkdirSync(opts.dataDir, { recursive: true });
     } catch (e) {
@@ -329,6 +366,9 @@ export class HostDaemon implements HostBackend {
       state,
       startedAtMs: Date.now(),
       fence: this.opts.fence ?? { agent: 'local' },
+      ...(this.opts.vipInterface != null
+        ? { vip: { iface: this.opts.vipInterface, netns: netnsName() } }
+        : {}),
       ...(this.ftServer !== null
         ? { ft: `${this.ftServer.address().host}:${this.ftServer.address().port}` }
         : {}),
@@ -510,6 +550,7 @@ export class HostDaemon implements HostBackend {
               unchangedMs: now - seen.sinceMs,
               ttlMs: seen.claim.ttlMs,
             };
+      const ftBackupLost = local !== null && this.backupLost(local, b.placement?.value ?? null, hosts);
       const actions = decide({
         self: this.opts.name,
         spec: b.spec?.value ?? null,
@@ -520,11 +561,22 @@ export class HostDaemon implements HostBackend {
         local:
           local === null ? null : { generation: local.generation, state: local.state, role: local.roleName },
         claimExpiryMarginMs: this.opts.timings.claimExpiryMarginMs,
-        ftBackupLost: local !== null && this.backupLost(local, b.placement?.value ?? null, hosts),
+        placementUnchangedMs: now - (this.placementSeen.get(name)?.sinceMs ?? -Infinity),
+        claimTtlMs: this.opts.timings.claimTtlMs,
+        ftBackupLost,
         ftPrimaryLost: local?.primaryLost ?? false,
         ftBackupCaughtUp: local !== null && this.caughtUp(local, b),
+        ftBackupTakeoverOverdue:
+          now - (this.backupTakeoverWaitSinceMs.get(name) ?? Infinity) > FT_BACKUP_TAKEOVER_GRACE_MS,
       });
-      for (const a of actions) await this.act(name, a, b);
+      // The wait for a backup to take over from this restarted host is timed from its first pass.
+      if (actions.some((a) => a.type === 'wait' && a.reason.startsWith('its backup ')))
+        this.backupTakeoverWaitSinceMs.set(name, this.backupTakeoverWaitSinceMs.get(name) ?? now);
+      else this.backupTakeoverWaitSinceMs.delete(name);
+      for (const a of this.opts.plantSkipGenerationCompare === true
+        ? await this.planted(name, actions, local, b, ftBackupLost)
+        : actions)
+        await this.act(name, a, b);
       // An FT primary serves the backup its placement names (a no-op once offered).
       const pl = b.placement?.value;
       const l = this.localVms.get(name);
@@ -553,6 +605,70 @@ export class HostDaemon implements HostBackend {
         l.runWithoutBackup('no other host is up to hold a backup');
       }
     }
+  }
+
+  /**
+   * The planted bug "skip the generation compare" (testing only). A member
+   * that loses its partner writes generation N+1 without comparing (a plain
+   * put), and acts on it at once: the backup fences and goes live, the
+   * primary releases what it held and runs alone. A copy is never stopped
+   * or replaced for a newer generation, so a zombie primary that wakes
+   * continues as primary. Returns the actions left to carry out.
+   */
+  private async planted(
+    name: string,
+    actions: ReconcileAction[],
+    local: LocalVm | null,
+    b: VmBundle,
+    backupLost: boolean,
+  ): Promise<ReconcileAction[]> {
+    if (local === null || (local.state !== 'running' && local.state !== 'starting')) return actions;
+    const out: ReconcileAction[] = [];
+    let acted = false;
+    for (const a of actions) {
+      // The copy runs on whatever the coordinator says (a fresh start would replace it).
+      if ((a.type === 'stop' && a.discardOutputs) || a.type === 'start') continue;
+      if (
+        a.type === 'place' &&
+        a.placement.primary === this.opts.name &&
+        a.placement.generation > local.generation
+      ) {
+        await this.plantedTakeOver(name, a.placement, a.fence, local, b);
+        acted = true;
+        continue;
+      }
+      out.push(a);
+    }
+    if (!acted && backupLost && local.roleName === 'primary' && b.spec?.value.ft === true) {
+      const generation = Math.max(local.generation, b.placement?.value.generation ?? 0) + 1;
+      await this.plantedTakeOver(
+        name,
+        { v: 1, generation, primary: this.opts.name, backup: null },
+        null,
+        local,
+        b,
+      );
+    }
+    return out;
+  }
+
+  private async plantedTakeOver(
+    name: string,
+    placement: VmPlacement,
+    fence: string | null,
+    local: LocalVm,
+    b: VmBundle,
+  ): Promise<void> {
+    this.log.warn(
+      { vm: name },
+      `PLANTED BUG: ${name} takes generation ${placement.generation} without the test-and-set`,
+    );
+    const r = await this.coord.put(vmPlacementKey(name), placement, 'any');
+    if (!r.ok) return;
+    if (local.roleName === 'backup') {
+      if (fence !== null) this.pendingFence.set(name, fence);
+      await this.act(name, { type: 'promote', generation: placement.generation }, b);
+    } else await this.act(name, { type: 'adopt', generation: placement.generation }, b);
   }
 
   /**
@@ -593,6 +709,12 @@ export class HostDaemon implements HostBackend {
   }
 
   private observeClaims(vms: Map<string, VmBundle>, now: number): void {
+    for (const [name, b] of vms) {
+      const version = b.placement?.version ?? '';
+      if (this.placementSeen.get(name)?.version !== version)
+        this.placementSeen.set(name, { version, sinceMs: now });
+    }
+    for (const name of this.placementSeen.keys()) if (!vms.has(name)) this.placementSeen.delete(name);
     for (const [name, b] of vms) {
       const c = b.claim;
       if (c === null) {
@@ -642,7 +764,7 @@ export class HostDaemon implements HostBackend {
         if (spec === undefined) return;
         const fence = this.pendingFence.get(name);
         if (fence !== undefined) {
-          const fenced = await this.fence(fence);
+          const fenced = await this.fence(fence, spec);
           if (!fenced.ok) {
             await this.writeStatus(
               name,
@@ -674,7 +796,7 @@ export class HostDaemon implements HostBackend {
         if (l === undefined) return;
         const fence = this.pendingFence.get(name);
         if (a.type === 'promote' && fence !== undefined) {
-          const fenced = await this.fence(fence);
+          const fenced = await this.fence(fence, b.spec?.value);
           if (!fenced.ok) return; // retried at the next pass; nothing goes live unfenced
           this.pendingFence.delete(name);
         }
@@ -733,11 +855,17 @@ export class HostDaemon implements HostBackend {
     }
   }
 
-  /** Runs the old host's fence agent (local unless its registration names another). */
-  private async fence(hostName: string): Promise<{ ok: true } | { ok: false; message: string }> {
+  /** Runs the old host's fence agent (local unless its registration names another) for VM `vm`. */
+  private async fence(
+    hostName: string,
+    spec: VmSpec | undefined,
+  ): Promise<{ ok: true } | { ok: false; message: string }> {
     const rec = this.hostRecords.get(hostName);
     if (rec === undefined) return { ok: true }; // never registered, or removed: nothing runs under it
-    const r = await fenceHost(rec, this.opts.timings.fenceWaitMs);
+    const listen = spec === undefined ? null : parseListen(spec.listen);
+    const r = await fenceHost(rec, this.opts.timings.fenceWaitMs, {
+      serviceIps: listen === null || typeof listen === 'string' ? [] : [listen.host],
+    });
     if (!r.ok) {
       this.log.error({ host: hostName, reason: r.message }, `cannot fence ${hostName}: ${r.message}`);
       return r;
@@ -792,6 +920,7 @@ export class HostDaemon implements HostBackend {
         },
         role,
         this.ftServices,
+        this.addresses,
       );
       this.localVms.set(name, l);
       void l.start();
@@ -839,6 +968,7 @@ export class HostDaemon implements HostBackend {
       },
       role,
       this.ftServices,
+      this.addresses,
     );
     this.localVms.set(name, l);
     this.outputsHeld.delete(name);
@@ -890,7 +1020,10 @@ export class HostDaemon implements HostBackend {
           this.localVms.get(name)?.spec.ft === true
         )
           continue;
-        if (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) {
+        if (
+          (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) &&
+          this.opts.plantSkipGenerationCompare !== true
+        ) {
           this.log.warn({ vm: name }, `${name} lost its place (generation ${l.generation}); stopping it`);
           this.outputsHeld.add(name);
           l.stop(true);

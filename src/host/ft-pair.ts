@@ -75,6 +75,8 @@ export interface FtPrimarySideOptions {
   onProtection?(p: Protection, reason: string | null): void;
   /** An established session closed: the backup is lost. */
   onBackupLost?(reason: FtCloseReason): void;
+  /** A backup's hello was refused (a join check failed, say): why, for `vm show`. */
+  onRefused?(from: string, reason: string): void;
 }
 
 export class FtPrimarySide {
@@ -153,9 +155,19 @@ export class FtPrimarySide {
             ? { offset: 0, events: 0 }
             : 'this primary serves its log from the first event only',
       onSession: (link) => this.onSession(link),
-      onAck: (_link, ack) => this.onAck(ack.ackedEventSeq, ack.replayedEventSeq),
-      onClose: (_link, reason) => this.onClose(reason),
-      onRefused: (r) => this.o.log.warn({ vm: this.o.vmName, ...r }, `ft: refused ${r.from}: ${r.reason}`),
+      onAck: (link, ack) => {
+        // Only the current session's acks release outputs: another backup's say nothing of this one.
+        if (link === this.link) this.onAck(ack.ackedEventSeq, ack.replayedEventSeq);
+      },
+      // A session this primary no longer serves (it ran alone, or serves another backup now)
+      // says nothing about the current one.
+      onClose: (link, reason) => {
+        if (link === this.link) this.onClose(reason);
+      },
+      onRefused: (r) => {
+        this.o.log.warn({ vm: this.o.vmName, ...r }, `ft: refused ${r.from}: ${r.reason}`);
+        this.o.onRefused?.(r.from, r.reason);
+      },
     });
     this.setProtection('unprotected', `waiting for ${backup} to attach`);
   }
@@ -341,6 +353,12 @@ export interface FtBackupSideOptions extends FtLinkCommon {
   log: FtLogger;
   /** The established link closed: the primary is lost (or the channel failed). */
   onPrimaryLost?(reason: FtCloseReason): void;
+  /**
+   * This backup cannot follow (the log it received does not replay here). It
+   * is not its primary that failed: the caller stops this copy, and the pair
+   * re-forms with a fresh one; it must never go live.
+   */
+  onFailed?(reason: string): void;
 }
 
 export class FtBackupSide {
@@ -348,6 +366,8 @@ export class FtBackupSide {
   private fileBytes = 0;
   private timer: NodeJS.Timeout | null = null;
   private wentLive = false;
+  /** Why this backup cannot follow its primary, once it cannot. */
+  private failure: string | null = null;
 
   private constructor(
     private readonly o: FtBackupSideOptions,
@@ -399,7 +419,10 @@ export class FtBackupSide {
     } catch (e) {
       const why = e instanceof LogError ? e.message : String(e);
       this.o.log.warn({ vm: this.o.vmName, reason: why }, `ft: cannot replay the primary's log: ${why}`);
+      // Set before the close, whose handler must not read this as the primary's loss.
+      this.failure ??= `cannot replay the primary's log: ${why}`;
       void link.close();
+      this.o.onFailed?.(this.failure);
       return;
     }
     let off = 0;
@@ -420,7 +443,7 @@ export class FtBackupSide {
   }
 
   private onClose(reason: FtCloseReason): void {
-    if (this.wentLive) return;
+    if (this.wentLive || this.failure !== null) return;
     this.o.log.info(
       { vm: this.o.vmName, reason: reason.message },
       `ft: lost the primary of ${this.o.vmName}: ${reason.message}`,
@@ -438,7 +461,9 @@ export class FtBackupSide {
     if (this.timer !== null) clearInterval(this.timer);
     const link = this.link;
     this.link = null;
-    await link?.close();
+    // Not awaited: a graceful close to a primary that is gone or cut off waits out its grace
+    // period, and the VM must not wait for it.
+    void link?.close();
     const fileBytes = this.o.vm.consumedLogBytes;
     ftruncateSync(this.fd, fileBytes);
     closeSync(this.fd);

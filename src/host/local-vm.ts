@@ -35,6 +35,7 @@ import { parseListen } from '../io/net-device.js';
 import { FtBackupSide, FtPrimarySide, type Protection } from './ft-pair.js';
 import type { FtLinkServer, FtLogger } from '../io/ft-link.js';
 import type { HostRecord } from '../coord/records.js';
+import type { ServiceAddresses } from './vip.js';
 
 /** What a host gives its FT VMs: its channel listener and identity. */
 export interface FtServices {
@@ -90,7 +91,33 @@ export class LocalVm {
     private readonly onState: (e: LocalVmEvent) => void,
     private role: LocalRole = { kind: 'plain' },
     private readonly ft: FtServices | null = null,
+    private readonly addresses: ServiceAddresses | null = null,
   ) {}
+
+  /** Whether this copy claimed the service address (it ran as a primary), so stopping releases it. */
+  private addressClaimed = false;
+
+  /** The IP of the service address, or null when the spec's address does not parse. */
+  private get serviceIp(): string | null {
+    const l = parseListen(this.spec.listen);
+    return typeof l === 'string' ? null : l.host;
+  }
+
+  /** Makes the service address bindable here (a virtual IP with --vip-interface); a message on failure. */
+  private async claimAddress(): Promise<string | null> {
+    const ip = this.serviceIp;
+    if (this.addresses === null || ip === null) return null;
+    this.addressClaimed = true;
+    const r = await this.addresses.claim(ip);
+    return r.ok ? null : `cannot take the service address: ${r.message}`;
+  }
+
+  private releaseAddress(): void {
+    const ip = this.serviceIp;
+    if (this.addresses === null || ip === null || !this.addressClaimed) return;
+    this.addressClaimed = false;
+    void this.addresses.release(ip);
+  }
 
   /** 'backup' for an FT backup, 'primary' otherwise. */
   get roleName(): 'primary' | 'backup' {
@@ -183,6 +210,8 @@ export class LocalVm {
     this.backupLost = false;
     this.ftReason = reason;
     this.pside?.runAlone(reason);
+    // Asserted again (idempotent), and announced: this copy is the VM's only one now.
+    void this.claimAddress();
   }
 
   /**
@@ -194,6 +223,9 @@ export class LocalVm {
     const bs = this.bside;
     const vm = this.vm;
     if (bs === null || vm === null || this.ft === null) throw new Error('promote: not a running FT backup');
+    // The address must be local before go-live binds it (the old primary's was fenced away).
+    const addressProblem = await this.claimAddress();
+    if (addressProblem !== null) throw new Error(addressProblem);
     const at = await bs.goLive();
     this.bside = null;
     this.generation = generation;
@@ -225,6 +257,13 @@ export class LocalVm {
         if (p !== 'unprotected') this.ftReason = null;
         else if (reason !== null) this.ftReason = reason;
         ft.changed();
+      },
+      onRefused: (from, reason) => {
+        // The pairing stays refused until the hosts agree; people see why in `vm show`.
+        if (this.pside?.state !== 'protected') {
+          this.ftReason = `pairing with ${from} refused: ${reason}`;
+          ft.changed();
+        }
       },
       onBackupLost: (reason) => {
         this.backupLost = true;
@@ -283,6 +322,13 @@ export class LocalVm {
       if (this.stopRequested) return this.finish('stopped', 'stopped before it started', null, consoleFd);
       this.vm = loaded.vm;
       const prefix = role.kind === 'ft-primary' ? Vm.logPrefix(loaded.vm.logHeader()) : null;
+      if (role.kind !== 'ft-backup') {
+        const addressProblem = await this.claimAddress();
+        if (addressProblem !== null) {
+          loaded.vm.stop(StopReason.HOST);
+          return this.finish('failed', addressProblem, null, consoleFd);
+        }
+      }
       try {
         await loaded.vm.start();
       } catch (e) {
@@ -323,6 +369,11 @@ export class LocalVm {
             this.primaryLost = true;
             ft.changed();
           },
+          onFailed: (why) => {
+            // A replica that cannot follow must never go live: this copy stops, and a fresh one follows.
+            this.startError = why;
+            this.stop(true);
+          },
         });
         if (!r.ok) {
           this.startError = `cannot attach to ${role.primary.name}: ${r.reason}`;
@@ -349,6 +400,8 @@ export class LocalVm {
     this.vm?.stop(StopReason.HOST);
     this.pside?.close();
     void this.bside?.close();
+    // Clients go to whichever host holds the address next, not to a copy that is stopping.
+    this.releaseAddress();
   }
 
   /** Why a start ended early (an FT backup that could not attach), for the failed state. */
@@ -431,6 +484,7 @@ export class LocalVm {
     }
     this.state = state;
     this.vm = null;
+    this.releaseAddress();
     this.pside?.close();
     void this.bside?.close();
     this.onState({ state, message, exitCode });

@@ -12,7 +12,7 @@
  *   matches, so kill() is never sent to a stranger.
  * - A zombie counts as dead: it runs no code and holds no socket.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 
 export interface ProcIdentity {
   pid: number;
@@ -88,4 +88,33 @@ export async function killVerified(id: ProcIdentity, waitMs: number): Promise<Ki
     await new Promise((r) => setTimeout(r, 10));
   }
   return { ok: true, killed: true };
+}
+
+/**
+ * The name under which `ip netns` knows this process's network namespace (a
+ * bind mount in /run/netns with the same inode), or null for the initial
+ * namespace or one without a name. A `vip` fence agent on the same machine
+ * uses it to remove an address from that namespace.
+ */
+export function netnsName(): string | null {
+  let self: number;
+  try {
+    self = statSync('/proc/self/ns/net').ino;
+  } catch {
+    return null;
+  }
+  let names: string[];
+  try {
+    names = readdirSync('/run/netns');
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    try {
+      if (statSync(`/run/netns/${name}`).ino === self) return name;
+    } catch {
+      // Deleted while we looked: not ours.
+    }
+  }
+  return null;
 }

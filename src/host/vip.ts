@@ -79,28 +79,58 @@ const IFACE_NAME_CHARS_MAX = 15;
  * cache entries expire.
  */
 export async function addVip(opts: AddVipOptions): Promise<VipResult> {
-  const prefixLen = opts.prefixLen ?? PREFIX_LEN_DEFAULT;
   const arpCount = opts.arpCount ?? ARP_COUNT_DEFAULT;
-  const invalid =
-    checkCommon(opts.iface, opts.ip, prefixLen, opts.netns) ??
-    (Number.isInteger(arpCount) && arpCount >= 1 && arpCount <= ARP_COUNT_MAX
-      ? null
-      : `arpCount must be an integer from 1 to ${ARP_COUNT_MAX}, got ${arpCount}`);
-  if (invalid !== null) return { ok: false, message: `addVip: ${invalid}` };
   // arping takes about arpCount seconds; leave room for the ip command around it.
-  const deadline = Date.now() + (opts.timeoutMs ?? IP_TIMEOUT_MS_DEFAULT + arpCount * 1000);
-  const where = `${opts.ip}/${prefixLen} on ${opts.iface}${nsNote(opts.netns)}`;
+  const timeoutMs = opts.timeoutMs ?? IP_TIMEOUT_MS_DEFAULT + arpCount * 1000;
+  const started = Date.now();
+  const assigned = await assignVip({ ...opts, timeoutMs });
+  if (!assigned.ok) return assigned;
+  const announced = await announceVip({
+    ...opts,
+    arpCount,
+    timeoutMs: Math.max(1, timeoutMs - (Date.now() - started)),
+  });
+  if (!announced.ok) return { ok: false, message: `addVip: ${assigned.detail}, but ${announced.message}` };
+  return { ok: true, detail: `${assigned.detail}, announced with ${arpCount} gratuitous ARP` };
+}
 
+/**
+ * Assigns the address to the interface (`ip addr add`), without announcing
+ * it. A host going live calls this before it binds the address, then
+ * announces in the background: binding must not wait the seconds arping takes.
+ */
+export async function assignVip(opts: VipOptions): Promise<VipResult> {
+  const prefixLen = opts.prefixLen ?? PREFIX_LEN_DEFAULT;
+  const invalid = checkCommon(opts.iface, opts.ip, prefixLen, opts.netns);
+  if (invalid !== null) return { ok: false, message: `addVip: ${invalid}` };
+  const deadline = Date.now() + (opts.timeoutMs ?? IP_TIMEOUT_MS_DEFAULT);
+  const where = `${opts.ip}/${prefixLen} on ${opts.iface}${nsNote(opts.netns)}`;
   const add = await run(
     inNetns(opts.netns, ['ip', 'addr', 'add', `${opts.ip}/${prefixLen}`, 'dev', opts.iface]),
     deadline,
   );
-  let assigned: string;
-  if (add.ok) assigned = 'assigned';
+  if (add.ok) return { ok: true, detail: `${where}: assigned` };
   // Newer iproute2 says "Address already assigned"; older ones print the kernel's EEXIST, "File exists".
-  else if (/already assigned|File exists/i.test(add.output)) assigned = 'already assigned';
-  else return { ok: false, message: `addVip: cannot assign ${where}: ${add.output}` };
+  if (/already assigned|File exists/i.test(add.output))
+    return { ok: true, detail: `${where}: already assigned` };
+  return { ok: false, message: `addVip: cannot assign ${where}: ${add.output}` };
+}
 
+/**
+ * Announces an assigned address with gratuitous ARP (`arping -U`), so that
+ * neighbours which cached another host's MAC address for it send here at
+ * once. Resolves after the last announcement, about `arpCount` seconds; the
+ * first one goes out at once.
+ */
+export async function announceVip(opts: AddVipOptions): Promise<VipResult> {
+  const arpCount = opts.arpCount ?? ARP_COUNT_DEFAULT;
+  const invalid =
+    checkCommon(opts.iface, opts.ip, PREFIX_LEN_DEFAULT, opts.netns) ??
+    (Number.isInteger(arpCount) && arpCount >= 1 && arpCount <= ARP_COUNT_MAX
+      ? null
+      : `arpCount must be an integer from 1 to ${ARP_COUNT_MAX}, got ${arpCount}`);
+  if (invalid !== null) return { ok: false, message: `announceVip: ${invalid}` };
+  const deadline = Date.now() + (opts.timeoutMs ?? IP_TIMEOUT_MS_DEFAULT + arpCount * 1000);
   // -U sends unsolicited requests with the address as both sender and target,
   // which updates neighbours' existing cache entries. In this mode arping
   // stops after -c packets; -w is a second bound in case it ever waits for replies.
@@ -119,12 +149,8 @@ export async function addVip(opts: AddVipOptions): Promise<VipResult> {
     ]),
     deadline,
   );
-  if (!arp.ok)
-    return {
-      ok: false,
-      message: `addVip: ${where} is ${assigned}, but gratuitous ARP failed: ${arp.output}`,
-    };
-  return { ok: true, detail: `${where}: ${assigned}, announced with ${arpCount} gratuitous ARP` };
+  if (!arp.ok) return { ok: false, message: `gratuitous ARP for ${opts.ip} failed: ${arp.output}` };
+  return { ok: true, detail: `${opts.ip} announced with ${arpCount} gratuitous ARP` };
 }
 
 /** Removes the address from the interface; an address that is not there counts as removed. */
@@ -248,4 +274,75 @@ function run(argv: string[], deadline: number): Promise<Ran> {
       },
     );
   });
+}
+
+/**
+ * The service addresses of the VMs a host runs as primary, when the host has
+ * `--vip-interface`. The host claims a VM's address before the VM binds it
+ * (at start, at go-live, when a primary continues alone) and releases it when
+ * its copy stops. Loopback and wildcard addresses are left alone: they bind
+ * without setup, on one machine.
+ */
+export interface ServiceAddresses {
+  /** Assigns `ip` here (so it can be bound) and announces it in the background. */
+  claim(ip: string): Promise<VipResult>;
+  /** Removes `ip` from here; an address that is not here counts as removed. */
+  release(ip: string): Promise<VipResult>;
+}
+
+/** Whether an address is one a host must assign before binding it (not loopback, not a wildcard). */
+export function needsVip(ip: string): boolean {
+  return net.isIPv4(ip) && !ip.startsWith('127.') && ip !== '0.0.0.0';
+}
+
+export class InterfaceVips implements ServiceAddresses {
+  /**
+   * The last operation on each address: operations on one address run in
+   * the order they were called, so a stopping copy's release can never land
+   * after the claim of the copy that replaced it on this host.
+   */
+  private readonly tail = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly iface: string,
+    private readonly log: { info(o: object, msg: string): void; warn(o: object, msg: string): void },
+    private readonly arpCount = ARP_COUNT_DEFAULT,
+  ) {}
+
+  claim(ip: string): Promise<VipResult> {
+    return this.serial(ip, () => this.claimNow(ip));
+  }
+
+  release(ip: string): Promise<VipResult> {
+    return this.serial(ip, () => this.releaseNow(ip));
+  }
+
+  private serial(ip: string, op: () => Promise<VipResult>): Promise<VipResult> {
+    const next = (this.tail.get(ip) ?? Promise.resolve()).then(op, op);
+    this.tail.set(ip, next);
+    void next.then(() => {
+      if (this.tail.get(ip) === next) this.tail.delete(ip);
+    });
+    return next;
+  }
+
+  private async claimNow(ip: string): Promise<VipResult> {
+    if (!needsVip(ip)) return { ok: true, detail: `${ip} needs no virtual IP` };
+    const r = await assignVip({ iface: this.iface, ip });
+    if (!r.ok) return r;
+    this.log.info({ ip, iface: this.iface }, `service address ${r.detail}`);
+    // Not awaited: arping takes arpCount seconds, and the VM must bind now.
+    void announceVip({ iface: this.iface, ip, arpCount: this.arpCount }).then((a) => {
+      if (!a.ok) this.log.warn({ ip, iface: this.iface }, a.message);
+    });
+    return r;
+  }
+
+  private async releaseNow(ip: string): Promise<VipResult> {
+    if (!needsVip(ip)) return { ok: true, detail: `${ip} needs no virtual IP` };
+    const r = await removeVip({ iface: this.iface, ip });
+    if (r.ok) this.log.info({ ip, iface: this.iface }, `service address ${r.detail}`);
+    else this.log.warn({ ip, iface: this.iface }, r.message);
+    return r;
+  }
 }

@@ -495,6 +495,9 @@ export class Vm {
   private headerMismatch(h: LogHeader): string | null {
     if (Buffer.from(h.moduleSha256).toString('hex') !== this.module.sha256)
       return 'it was recorded from another module (or instrumented differently)';
+    // The guest reads its arguments and environment without host calls: they must be the primary's.
+    if (h.args.join('\0') !== this.config.args.join('\0')) return 'the arguments differ';
+    if (h.env.join('\0') !== this.config.env.join('\0')) return 'the environments differ';
     if (h.memoryMaxPages !== this.config.memoryMaxMib * PAGES_PER_MIB) return 'the memory limits differ';
     if (h.callDepthMax !== CALL_DEPTH_MAX) return 'the call-depth limits differ';
     if (h.listeners.length !== this.config.listen.length) return 'the numbers of listeners differ';

@@ -1,6 +1,9 @@
 /**
  * A real etcd server for tests: Debian's etcd-server (/usr/bin/etcd, v3.4),
- * one member on free loopback ports with a fresh data directory.
+ * one member on free loopback ports with a fresh data directory. Optionally it
+ * listens on another address (`listenHost`) and runs under a command prefix
+ * (`wrap`, such as `ip netns exec NS`), so that it can live in a network
+ * namespace of its own and be partitioned like any other machine.
  *
  * Role: lets the coordinator conformance suite (and cluster tests) run the
  * etcd backend against the real thing, and break it on purpose: pause it
@@ -15,6 +18,9 @@
  * - startEtcd() returns only once etcd answers its /health endpoint, and
  *   gives up after a bounded time with etcd's own log in the error.
  * - The ports are printed on stderr, so a failing run can be investigated.
+ * - pid() is etcd's own pid, also under `wrap`, which must therefore exec the
+ *   command it is given (as `ip netns exec` and `nsenter` do) rather than
+ *   fork it: pause, resume, kill and stop signal that pid.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
@@ -36,6 +42,19 @@ export interface EtcdOptions {
   binary?: string;
   /** Where informational lines go (default: stderr). */
   log?: (line: string) => void;
+  /**
+   * The IPv4 address etcd listens on for clients and peers, and advertises
+   * (default 127.0.0.1). The health checks of this process go there too, so it
+   * must be reachable from here, as a host's address is through a bridged
+   * network's root link.
+   */
+  listenHost?: string;
+  /**
+   * A command prefix that runs etcd elsewhere, such as `['ip', 'netns',
+   * 'exec', NS]`. It must exec etcd (not fork it), so that the pid it reports
+   * is etcd's. Default: none.
+   */
+  wrap?: readonly string[];
 }
 
 export interface EtcdServer {
@@ -44,9 +63,13 @@ export interface EtcdServer {
   readonly clientPort: number;
   readonly peerPort: number;
   readonly dataDir: string;
-  /** "127.0.0.1:PORT", the client endpoint. */
+  /** The address it listens on and advertises, 127.0.0.1 unless `listenHost` said otherwise. */
+  readonly listenHost: string;
+  /** The command prefix it runs under, empty if none. */
+  readonly wrap: readonly string[];
+  /** "LISTENHOST:PORT", the client endpoint. */
   readonly endpoint: string;
-  /** "etcd:127.0.0.1:PORT", the coordinator string. */
+  /** "etcd:LISTENHOST:PORT", the coordinator string. */
   readonly spec: string;
   /** The etcd process id while it runs, else null. */
   pid(): number | null;
@@ -77,13 +100,16 @@ function installExitHandler(): void {
   });
 }
 
-/** A free TCP port on loopback, found by binding port 0 (another process could take it before etcd does; start retries). */
-function freePort(): Promise<number> {
+/**
+ * A free TCP port on `host`, found by binding port 0 (another process could
+ * take it before etcd does; start retries).
+ */
+function freePort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
     srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
+    srv.listen(0, host, () => {
       const addr = srv.address();
       const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
       srv.close(() => resolve(port));
@@ -126,10 +152,12 @@ class EtcdInstance implements EtcdServer {
     readonly clientPort: number,
     readonly peerPort: number,
     readonly dataDir: string,
+    readonly listenHost: string,
+    readonly wrap: readonly string[],
     private readonly binary: string,
     private readonly startTimeoutMs: number,
   ) {
-    this.endpoint = `127.0.0.1:${clientPort}`;
+    this.endpoint = `${listenHost}:${clientPort}`;
     this.spec = `etcd:${this.endpoint}`;
   }
 
@@ -146,8 +174,8 @@ class EtcdInstance implements EtcdServer {
   }
 
   private args(): string[] {
-    const client = `http://127.0.0.1:${this.clientPort}`;
-    const peer = `http://127.0.0.1:${this.peerPort}`;
+    const client = `http://${this.listenHost}:${this.clientPort}`;
+    const peer = `http://${this.listenHost}:${this.peerPort}`;
     return [
       `--name=${this.name}`,
       `--data-dir=${this.dataDir}`,
@@ -173,7 +201,10 @@ class EtcdInstance implements EtcdServer {
   /** Spawns the wrapper and waits for etcd's health endpoint. */
   async launch(): Promise<void> {
     if (this.wrapper !== null) throw new Error(`etcd ${this.name} is already running`);
-    const child = spawn('/bin/sh', ['-c', WRAPPER, 'etcd-wrapper', this.binary, ...this.args()], {
+    // The wrap prefix goes inside the shell wrapper, so the pid the wrapper reports
+    // is the prefix's, which becomes etcd's when the prefix execs it.
+    const argv = [...this.wrap, this.binary, ...this.args()];
+    const child = spawn('/bin/sh', ['-c', WRAPPER, 'etcd-wrapper', ...argv], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     this.wrapper = child;
@@ -204,7 +235,8 @@ class EtcdInstance implements EtcdServer {
     }
     const why = gone ? 'it exited' : `not healthy within ${this.startTimeoutMs} ms`;
     await this.kill();
-    throw new Error(`etcd ${this.name} on ${this.endpoint}: ${why}\n--- etcd log ---\n${this.log}`);
+    const where = this.wrap.length > 0 ? ` (under ${this.wrap.join(' ')})` : '';
+    throw new Error(`etcd ${this.name} on ${this.endpoint}${where}: ${why}\n--- etcd log ---\n${this.log}`);
   }
 
   private async healthy(): Promise<boolean> {
@@ -299,12 +331,21 @@ class EtcdInstance implements EtcdServer {
 export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   const binary = opts.binary ?? ETCD_BINARY;
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const listenHost = opts.listenHost ?? '127.0.0.1';
+  if (!/^\d{1,3}(?:\.\d{1,3}){3}$/.test(listenHost))
+    throw new Error(`listenHost must be an IPv4 address, got ${JSON.stringify(listenHost)}`);
+  const wrap = [...(opts.wrap ?? [])];
+  // Without a wrap the address is in this namespace, so its own free ports are
+  // the ones that matter. Under a wrap etcd runs elsewhere (typically a fresh
+  // namespace, where every port is free): a loopback port free here is as good
+  // a guess as any, and a taken one is retried below.
+  const probeHost = wrap.length === 0 ? listenHost : '127.0.0.1';
   installExitHandler();
   let lastError: unknown = null;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const clientPort = await freePort();
-    let peerPort = await freePort();
-    while (peerPort === clientPort) peerPort = await freePort();
+    const clientPort = await freePort(probeHost);
+    let peerPort = await freePort(probeHost);
+    while (peerPort === clientPort) peerPort = await freePort(probeHost);
     const name = `lockstep-test-${process.pid}-${randomBytes(3).toString('hex')}`;
     const dataDir = mkdtempSync(path.join(tmpdir(), 'lockstep-etcd-'));
     const server = new EtcdInstance(
@@ -312,10 +353,15 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
       clientPort,
       peerPort,
       dataDir,
+      listenHost,
+      wrap,
       binary,
       opts.startTimeoutMs ?? 20_000,
     );
-    log(`etcd ${name}: client 127.0.0.1:${clientPort}, peer 127.0.0.1:${peerPort}, data ${dataDir}`);
+    const under = wrap.length > 0 ? `, under ${wrap.join(' ')}` : '';
+    log(
+      `etcd ${name}: client ${listenHost}:${clientPort}, peer ${listenHost}:${peerPort}, data ${dataDir}${under}`,
+    );
     try {
       await server.launch();
       return server;

@@ -25,7 +25,7 @@ import { ApiClient } from '../../src/api/client.js';
 import { testSeed } from '../../src/core/prng.js';
 import { formatCheckResult } from '../checker/linearizability.js';
 import { mergeHistories, type KvOpRecord } from '../checker/history.js';
-import { startCluster, serviceIp, waitUntil, type LocalCluster } from './cluster-harness.js';
+import { startCluster, startHost, serviceIp, waitUntil, type LocalCluster } from './cluster-harness.js';
 import { checkFinalReads, loadKeyNames, readKeys } from './load-client.js';
 import { loadArgs, readHistory, startLoadProcess } from './load-process.js';
 import { etcdAvailable, startEtcd } from './etcd.js';
@@ -268,3 +268,40 @@ test('an FT VM on a cluster of one host runs unprotected, and says why', { timeo
     await c.close();
   }
 });
+
+test(
+  'the join check refuses a backup whose V8 flags differ, and vm show says why',
+  { timeout: 90_000 },
+  async (t) => {
+    const c = await startCluster({ hosts: 1, profile: 'fast', prefix: 'ft-join' });
+    // The second host runs Node with a V8 flag the first lacks: replay would not be exact.
+    const odd = await startHost({
+      name: 'h2',
+      data: path.join(c.dir, 'hosts', 'h2'),
+      coordinator: c.coordinator,
+      profile: 'fast',
+      wrap: ['env', 'NODE_OPTIONS=--max-old-space-size=333'],
+    });
+    try {
+      t.diagnostic('setup: h1 plain, h2 with NODE_OPTIONS=--max-old-space-size=333; kv --ft on h1');
+      await c.createKv({ name: 'kv', ip: serviceIp(44), host: 'h1', extraArgs: ['--ft', '--no-wait'] });
+      const s = await waitUntil(
+        'the refusal in vm show',
+        async () => {
+          const v = await show(c, 'kv').catch(() => undefined);
+          return v !== undefined && /refused/.test(v.reason ?? '') ? v : undefined;
+        },
+        30_000,
+      );
+      t.diagnostic(`vm show: protection ${s.protection}, reason ${s.reason}`);
+      assert.equal(s.protection, 'unprotected');
+      assert.match(
+        s.reason ?? '',
+        /pairing with h2 refused: .*V8 flags differ: only the backup has --max-old-space-size=333/,
+      );
+    } finally {
+      await odd.stop('SIGTERM', 10_000);
+      await c.close();
+    }
+  },
+);

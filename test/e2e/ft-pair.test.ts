@@ -70,6 +70,9 @@ async function startPair(o: {
   plantAckBeforeReceipt?: boolean;
   linkDelayMs: number;
   lagBoundMs?: number;
+  /** The backup's environment, when it should differ from the primary's (a replica that cannot follow). */
+  backupEnv?: string[];
+  events?: { failed: string[]; primaryLost: number };
 }): Promise<Pair> {
   const dir = tempDir('ft-pair');
   const diskP = path.join(dir.dir, 'disk-p');
@@ -101,7 +104,9 @@ async function startPair(o: {
     log: quiet,
   });
   pside.offer(1, 'hb', incB);
-  const backup = await load(kvConfig(diskB, port, { mode: 'ft-backup' }));
+  const backup = await load(
+    kvConfig(diskB, port, { mode: 'ft-backup' }, o.backupEnv !== undefined ? { env: o.backupEnv } : {}),
+  );
   await backup.start();
   const r = await FtBackupSide.connect({
     key,
@@ -118,6 +123,10 @@ async function startPair(o: {
     primaryIncarnation: incP,
     generation: 1,
     log: quiet,
+    onFailed: (why) => o.events?.failed.push(why),
+    onPrimaryLost: () => {
+      if (o.events !== undefined) o.events.primaryLost++;
+    },
   });
   if (!r.ok) throw new Error(`the backup could not attach: ${r.reason}`);
   const bside = r.side;
@@ -249,6 +258,29 @@ test(
     });
     t.diagnostic(r.report);
     assert.ok(!r.linearizable, `the planted bug went unnoticed: ${r.report}`);
+  },
+);
+
+test(
+  'a backup that cannot replay its primary fails itself, and never reports its primary lost',
+  { timeout: 60_000 },
+  async () => {
+    const events = { failed: [] as string[], primaryLost: 0 };
+    const pair = await startPair({
+      plantReleaseBeforeAck: false,
+      linkDelayMs: 0,
+      backupEnv: ['NOT_THE_PRIMARYS=1'],
+      events,
+    });
+    try {
+      await waitFor(() => events.failed.length > 0, 20_000, 'the backup to fail');
+      assert.match(events.failed[0]!, /cannot replay the primary's log/);
+      // The close that follows must not read as the primary's loss: that would let a broken replica go live.
+      await sleep(300);
+      assert.equal(events.primaryLost, 0);
+    } finally {
+      await pair.cleanup();
+    }
   },
 );
 

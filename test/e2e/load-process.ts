@@ -27,9 +27,18 @@ export interface LoadProcess {
   }>;
 }
 
-/** Runs `node load-client.js ARGS` as a separate process, collecting its progress reports. */
-export function startLoadProcess(children: Set<ChildProcess>, args: string[]): LoadProcess {
-  const child = spawn(process.execPath, [LOAD_CLIENT, ...args], {
+/**
+ * Runs `node load-client.js ARGS` as a separate process, collecting its
+ * progress reports. `wrap` is a command prefix, such as `ip netns exec NS`,
+ * to run the client on another "machine".
+ */
+export function startLoadProcess(
+  children: Set<ChildProcess>,
+  args: string[],
+  wrap: readonly string[] = [],
+): LoadProcess {
+  const argv = [...wrap, process.execPath, LOAD_CLIENT, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

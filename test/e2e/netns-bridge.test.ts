@@ -3,7 +3,10 @@
  * exists to test (src/host/vip.ts): three "machines" on one L2 segment reach
  * each other, a VIP added on one and then moved to another with gratuitous
  * ARP is reached at its new owner by the very next connection, a cut blocks
- * traffic between two hosts until healed, and nothing is left behind.
+ * traffic between two hosts until healed, and nothing is left behind. The
+ * network has a root link, so the test process reaches the hosts directly (and
+ * a cut can block that too); the root link's subnet never clashes with a route
+ * of the root namespace, and the root end goes with its network.
  *
  * Reachability is checked with TCP (a node server in one namespace, a node
  * client in another), since ping may not be installed. No test asserts how
@@ -15,6 +18,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { promisify } from 'node:util';
 import { addVip, hasVip, removeVip } from '../../src/host/vip.js';
 import { BRIDGE_NET_SETUP, createBridgeNet, type BridgeHost, type BridgeNet } from './netns-bridge.js';
@@ -103,6 +107,54 @@ async function probeUntil(ns: string, ip: string, want: string, attempts: number
   return last;
 }
 
+/** Connects from the test process itself (the root namespace) to ip:PORT once; the server's name, or ERR/TIMEOUT. */
+function probeFromRoot(ip: string): Promise<string> {
+  return new Promise((resolve) => {
+    let reply = '';
+    const s = net.connect(PORT, ip);
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve('TIMEOUT');
+    }, PROBE_TIMEOUT_MS);
+    s.on('data', (d: Buffer) => (reply += d.toString()));
+    s.on('end', () => {
+      clearTimeout(timer);
+      resolve(reply.trim());
+    });
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      resolve(`ERR ${e.message}`);
+    });
+  });
+}
+
+/** Probes from the root namespace until the reply is `want`, at most `attempts` times; the last reply. */
+async function probeFromRootUntil(ip: string, want: string, attempts: number): Promise<string> {
+  let last = '';
+  for (let i = 0; i < attempts; i++) {
+    last = await probeFromRoot(ip);
+    if (last === want) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return last;
+}
+
+/** The names of the root namespace's interfaces. */
+async function rootLinks(): Promise<string[]> {
+  const { stdout } = await execFileP('ip', ['-j', 'link', 'show'], { timeout: 10_000 });
+  return (JSON.parse(stdout) as { ifname: string }[]).map((l) => l.ifname);
+}
+
+/** The root namespace's routes (every table) through `iface`. */
+async function rootRoutesVia(iface: string): Promise<string[]> {
+  const { stdout } = await execFileP('ip', ['-j', '-4', 'route', 'show', 'table', 'all'], {
+    timeout: 10_000,
+  });
+  return (JSON.parse(stdout) as { dst: string; dev?: string }[])
+    .filter((r) => r.dev === iface)
+    .map((r) => r.dst);
+}
+
 async function neighbours(ns: string): Promise<string> {
   return (await bn.exec(ns, 'ip', ['neigh', 'show'])).stdout.trim();
 }
@@ -114,10 +166,10 @@ async function macOf(ns: string, iface: string): Promise<string> {
 }
 
 before(async () => {
-  bn = await createBridgeNet({ hosts: 3 });
+  bn = await createBridgeNet({ hosts: 3, rootLink: true });
   process.stderr.write(
     `netns-bridge: bridge ${bn.bridgeNs}, hosts ${bn.hosts.map((h) => `${h.ns}=${h.ip}`).join(' ')}, ` +
-      `subnet ${bn.subnetPrefix}.0/24\n`,
+      `subnet ${bn.subnetPrefix}.0/24, root link ${bn.rootIface}=${bn.rootIp}\n`,
   );
 });
 
@@ -224,10 +276,105 @@ test('cut blocks TCP between two hosts both ways, heal restores it', { timeout: 
   }
 });
 
-test('remove() leaves no namespace of this run behind', { timeout: 30_000 }, async () => {
+test(
+  'the root link reaches a host over TCP; a cut from the root address blocks it',
+  { timeout: 60_000 },
+  async () => {
+    const [h0, h1] = bn.hosts as [BridgeHost, BridgeHost, BridgeHost];
+    const rootIp = bn.rootIp;
+    assert.equal(rootIp, `${bn.subnetPrefix}.9`);
+    assert.match(bn.rootIface ?? '', /^lsb[0-9a-f]{8}$/);
+    assert.ok(
+      (await rootLinks()).includes(bn.rootIface!),
+      `${bn.rootIface} in the root namespace${context()}`,
+    );
+    // Only the root end is in the root namespace; the bridge end stays on the bridge.
+    assert.ok(!(await rootLinks()).includes('vroot'), `vroot in the root namespace${context()}`);
+    const servers: ChildProcess[] = [];
+    try {
+      servers.push(await startServer(h0.ns, h0.ip, 'h0'));
+      assert.equal(await probeFromRootUntil(h0.ip, 'h0', 5), 'h0', `root -> h0${context()}`);
+
+      await bn.cut(h0.ns, rootIp!, 'both');
+      const cutReply = await probeFromRoot(h0.ip);
+      assert.notEqual(cutReply, 'h0', `root -> h0 passed the cut${context()}`);
+      // The cut is between h0 and the root only.
+      assert.equal(await probeUntil(h1.ns, h0.ip, 'h0', 5), 'h0', `h1 -> h0 during the cut${context()}`);
+
+      await bn.heal(h0.ns, rootIp!, 'both');
+      assert.equal(await probeFromRootUntil(h0.ip, 'h0', 5), 'h0', `root -> h0 after heal${context()}`);
+    } finally {
+      for (const s of servers) s.kill('SIGKILL');
+      await bn.heal();
+    }
+  },
+);
+
+test(
+  'a root link never takes a subnet that the root namespace routes already',
+  { timeout: 30_000 },
+  async () => {
+    await assert.rejects(
+      createBridgeNet({ hosts: 1, rootLink: true, subnet: bn.subnetPrefix }),
+      /clashes with the root namespace/,
+    );
+    // Random subnets avoid it, and each other.
+    const other = await createBridgeNet({ hosts: 1, rootLink: true });
+    try {
+      assert.notEqual(other.subnetPrefix, bn.subnetPrefix);
+    } finally {
+      await other.remove();
+    }
+  },
+);
+
+test('without rootLink nothing is made in the root namespace', { timeout: 30_000 }, async () => {
+  const before = await rootLinks();
+  const plain = await createBridgeNet({ hosts: 1 });
+  try {
+    assert.equal(plain.rootIp, null);
+    assert.equal(plain.rootIface, null);
+    assert.deepEqual(
+      await rootLinks(),
+      before,
+      `root interfaces with a plain network:\n${plain.setupScript()}`,
+    );
+  } finally {
+    await plain.remove();
+  }
+});
+
+test('deleting the bridge namespace alone takes the root end with it', { timeout: 30_000 }, async () => {
+  // As when a killed run's namespaces are swept: nothing deletes the root end by name.
+  const other = await createBridgeNet({ hosts: 1, rootLink: true });
+  const iface = other.rootIface!;
+  try {
+    assert.ok((await rootLinks()).includes(iface));
+    await execFileP('ip', ['netns', 'del', other.bridgeNs], { timeout: 10_000 });
+    // The kernel destroys the namespace in the background: wait for it, bounded.
+    let left = true;
+    for (let i = 0; i < 50 && left; i++) {
+      left = (await rootLinks()).includes(iface);
+      if (left) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(
+      left,
+      false,
+      `${iface} still in the root namespace 5 s after its bridge namespace was deleted`,
+    );
+  } finally {
+    await other.remove();
+  }
+});
+
+test('remove() leaves no namespace or root link of this run behind', { timeout: 30_000 }, async () => {
   await bn.remove();
   await bn.remove();
   const { stdout } = await execFileP('ip', ['netns', 'list'], { timeout: 10_000 });
   const left = stdout.split('\n').filter((l) => l.startsWith(bn.runPrefix));
   assert.deepEqual(left, [], `namespaces left after remove()`);
+  // remove() deletes the root end by name, so it is gone at once, with its route.
+  const links = await rootLinks();
+  assert.ok(!links.includes(bn.rootIface!), `${bn.rootIface} left after remove(): ${links.join(' ')}`);
+  assert.deepEqual(await rootRoutesVia(bn.rootIface!), [], `routes through ${bn.rootIface} after remove()`);
 });
