@@ -28,6 +28,9 @@ export interface VmStatus {
   /** "IP:PORT". */
   address: string;
   lagMs: number | null;
+  /** FT: the lag in events and in log bytes (written, not yet acknowledged by the backup), or null. */
+  lagEvents: number | null;
+  lagBytes: number | null;
   /** Extra fields. */
   desired: 'running' | 'stopped';
   generation: number;

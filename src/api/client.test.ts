@@ -30,6 +30,8 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     backup: null,
     address: '127.0.1.1:8080',
     lagMs: null,
+    lagEvents: null,
+    lagBytes: null,
     desired: 'running',
     generation: 1,
     wasm: '/srv/app.wasm',

@@ -166,6 +166,8 @@ export const VmStatusSchema = Type.Object({
   backup: Type.Union([Type.String(), Type.Null()]),
   address: Type.String(),
   lagMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+  lagEvents: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  lagBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
   desired: Type.Union([Type.Literal('running'), Type.Literal('stopped')]),
   generation: Type.Integer({ minimum: 0 }),
   wasm: Type.String(),

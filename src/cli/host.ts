@@ -29,6 +29,7 @@ interface HostStartOptions {
   timing: string[];
   fence: string;
   vipInterface?: string;
+  ftLagBoundMs: string;
 }
 
 function collect(v: string, acc: string[]): string[] {
@@ -69,6 +70,11 @@ export function addHostCommands(program: Command): void {
       'local',
     )
     .option(
+      '--ft-lag-bound-ms <ms>',
+      "FT: above this lag (ms the backup's acknowledgements trail the log) the primary waits at its host calls; also while a new backup catches up, so catch-up always ends",
+      '500',
+    )
+    .option(
       '--vip-interface <iface>',
       "put each VM's service address on this interface as a virtual IP (ip addr + gratuitous ARP) while this host is its primary",
     )
@@ -100,6 +106,12 @@ async function hostStart(o: HostStartOptions): Promise<void> {
   if (typeof timings === 'string') throw new CliError(timings, 2);
   const fence = parseFenceSpec(o.fence);
   if (typeof fence === 'string') throw new CliError(fence, 2);
+  const ftLagBoundMs = Number(o.ftLagBoundMs);
+  if (!/^\d+$/.test(o.ftLagBoundMs) || ftLagBoundMs < 1 || ftLagBoundMs > 600_000)
+    throw new CliError(
+      `--ft-lag-bound-ms: an integer from 1 to 600000, got ${JSON.stringify(o.ftLagBoundMs)}`,
+      2,
+    );
   const logger = pino(
     { level: o.logLevel, base: { host: o.name }, timestamp: pino.stdTimeFunctions.isoTime },
     pino.destination({ fd: 2, sync: true }),
@@ -115,6 +127,7 @@ async function hostStart(o: HostStartOptions): Promise<void> {
     secretOverrideHex: o.clusterSecretOverride ?? null,
     fence,
     vipInterface: o.vipInterface ?? null,
+    ftLagBoundMs,
     // A planted bug for the partition and pause suites; never set outside tests.
     plantSkipGenerationCompare: process.env['LOCKSTEP_TEST_PLANT'] === 'skip-generation-compare',
     ...(process.env['LOCKSTEP_CACHE_DIR'] ? { cacheDir: process.env['LOCKSTEP_CACHE_DIR'] } : {}),

@@ -74,6 +74,8 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
         : live.lagMs === null
           ? null
           : Math.round(live.lagMs),
+    lagEvents: live === null || live.protection === 'unprotected' ? null : (live.lagEvents ?? null),
+    lagBytes: live === null || live.protection === 'unprotected' ? null : (live.lagBytes ?? null),
     heldOutputs: live?.heldOutputs ?? null,
     desired: spec.desired,
     generation: placement?.generation ?? 0,

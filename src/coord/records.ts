@@ -138,6 +138,9 @@ export interface VmStatusRecord {
     protection: 'syncing' | 'protected' | 'unprotected';
     reason: string | null;
     lagMs: number | null;
+    /** Events and log bytes written and not yet acknowledged (absent in records of older hosts). */
+    lagEvents?: number | null;
+    lagBytes?: number | null;
     /** Outputs written and not yet released (a gauge; tests kill the primary only while it is above 0). */
     heldOutputs: number;
   };

@@ -1126,6 +1126,8 @@ export class HostDaemon implements HostBackend {
       protection: ft.protection,
       reason: ft.protection === 'unprotected' ? ft.reason : null,
       lagMs: ft.protection === 'unprotected' || ft.lagMs === null ? null : Math.round(ft.lagMs),
+      lagEvents: ft.protection === 'unprotected' ? null : ft.lagEvents,
+      lagBytes: ft.protection === 'unprotected' ? null : ft.lagBytes,
       heldOutputs: ft.heldOutputs,
     };
   }

@@ -137,6 +137,8 @@ export class LocalVm {
     protection: Protection;
     reason: string | null;
     lagMs: number | null;
+    lagEvents: number | null;
+    lagBytes: number | null;
     heldOutputs: number;
   } | null {
     const ps = this.pside;
@@ -145,6 +147,8 @@ export class LocalVm {
       protection: ps.state,
       reason: this.ftReason,
       lagMs: ps.lag()?.ms ?? null,
+      lagEvents: ps.lag()?.events ?? null,
+      lagBytes: ps.lag()?.bytes ?? null,
       heldOutputs: this.vm?.outputGate?.heldMarks ?? 0,
     };
   }

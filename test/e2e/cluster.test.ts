@@ -495,6 +495,32 @@ test('every cluster command has --help', { timeout: 60_000 }, async () => {
   const r = await runCollected(process.execPath, [BIN, 'vm', 'ls'], { timeoutMs: 20_000, env });
   assert.equal(r.code, 2);
   assert.match(r.stderr, /--coordinator/);
+  // Bad host options are usage errors that name the problem, before anything starts.
+  const tmp = tempDir('host-usage');
+  try {
+    const base = [
+      'host',
+      'start',
+      '--name',
+      'hx',
+      '--data',
+      path.join(tmp.dir, 'd'),
+      '--coordinator',
+      `file:${path.join(tmp.dir, 'c')}`,
+    ];
+    for (const [extra, message] of [
+      [['--fence', 'vip'], /--fence vip needs --vip-interface/],
+      [['--vip-interface', 'nosuch0'], /--vip-interface nosuch0: no such network interface/],
+      [['--ft-lag-bound-ms', '0'], /--ft-lag-bound-ms: an integer from 1 to 600000/],
+      [['--fence', 'ipmi'], /expected local, vip or command/],
+    ] as const) {
+      const u = await runCollected(process.execPath, [BIN, ...base, ...extra], { timeoutMs: 20_000 });
+      assert.equal(u.code, 2, `${extra.join(' ')}: ${u.stderr}`);
+      assert.match(u.stderr, message);
+    }
+  } finally {
+    tmp.cleanup();
+  }
 });
 
 test(

@@ -169,6 +169,8 @@ test(
       assert.notEqual(created.backup, null);
       const s1 = await waitProtected(c, 'kv', 60_000);
       assert.notEqual(s1.primary, s1.backup);
+      // Lag is shown in ms, events and bytes, from the backup's acknowledgements.
+      for (const k of ['lagMs', 'lagEvents', 'lagBytes'] as const) assert.equal(typeof s1[k], 'number', k);
       const { Redis } = await import('ioredis');
       const r = new Redis({
         host: ip,
