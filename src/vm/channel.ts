@@ -238,7 +238,16 @@ export class Channel {
  * by a side just before it sleeps; whoever flips one back to 0 sends the
  * single notify, so a burst of events costs one wake-up.
  */
-export const CtlSlot = { WAKE: 0, IO: 1, MSG: 2, STOP: 3, VCPU_WAITING: 4, IO_WAITING: 5 } as const;
+export const CtlSlot = {
+  WAKE: 0,
+  IO: 1,
+  MSG: 2,
+  STOP: 3,
+  VCPU_WAITING: 4,
+  IO_WAITING: 5,
+  /** Snapshots asked for so far (a counter): the vCPU takes one at its next host call's entry. */
+  SNAPSHOT: 6,
+} as const;
 const CTL_SLOTS = 8;
 
 export class Ctl {
@@ -285,5 +294,14 @@ export class Ctl {
   }
   stopRequested(): number {
     return Atomics.load(this.i32, CtlSlot.STOP);
+  }
+  /** Asks the vCPU for a snapshot at its next host call's entry (a blocked call is restarted). */
+  requestSnapshot(): void {
+    Atomics.add(this.i32, CtlSlot.SNAPSHOT, 1);
+    Atomics.add(this.i32, CtlSlot.WAKE, 1);
+    Atomics.notify(this.i32, CtlSlot.WAKE);
+  }
+  snapshotRequests(): number {
+    return Atomics.load(this.i32, CtlSlot.SNAPSHOT);
   }
 }

@@ -54,7 +54,14 @@ class LogWriteError extends Error {
   }
 }
 import { Channel, Ctl } from './channel.js';
-import { WasiHost, HostCallError, type FtHostCaps, type VcpuToIoMessage } from './wasi/host.js';
+import {
+  WasiHost,
+  HostCallError,
+  type FtHostCaps,
+  type HostState,
+  type VcpuToIoMessage,
+} from './wasi/host.js';
+import { AsyncifyController, type Capture } from './instrument/asyncify.js';
 import { ProcExit, StopRequested } from './wasi/signals.js';
 import { FileSystem, type Preopen } from './fs/fs.js';
 import { WASI_MODULE } from '../wasi/abi.js';
@@ -78,6 +85,10 @@ export interface VcpuInit {
   stdioFds: { stdout: number; stderr: number };
   /** Recording into, or replaying from, a log ring shared with the main thread. */
   log: VcpuLogInit | null;
+  /** The instrumented module's mutable globals, in the order snapshots keep them. */
+  globalExports: string[];
+  /** Start from a snapshot instead of from `_start`'s beginning (src/vm/snapshot.ts). */
+  restore: { capture: Capture; host: HostState } | null;
 }
 
 export type VcpuLogInit =
@@ -125,7 +136,12 @@ export type VcpuMessage =
   | VcpuResult
   | { type: 'io'; msg: VcpuToIoMessage }
   /** An FT backup went live after replaying `events` calls. */
-  | { type: 'live'; events: number };
+  | { type: 'live'; events: number }
+  /**
+   * A snapshot at the entry of a host call (the guest resumed at once):
+   * `events` calls had completed (null without a log).
+   */
+  | { type: 'snapshot'; capture: Capture; host: HostState; events: number | null };
 
 /** Values of the instrumentation's `lockstep_limit` global. */
 const LIMIT_BY_CODE: Record<number, LimitKind> = { 1: 'memory', 2: 'depth', 3: 'fuel' };
@@ -300,7 +316,16 @@ function run(init: VcpuInit): VcpuResult {
     },
   );
   try {
-    const { result, memory } = runInstance(init, host, fs);
+    const { result, memory } = runInstance(init, host, fs, (capture, hostState) => {
+      const msg: VcpuMessage = {
+        type: 'snapshot',
+        capture,
+        host: hostState,
+        events: log === null ? null : log.events(),
+      };
+      // The copy of memory moves to the main thread instead of being copied again.
+      port.postMessage(msg, [capture.memory.buffer as ArrayBuffer]);
+    });
     if (log === null || result.stop === 'host-error' || memory === null) return result;
     const summary: Summary = {
       events: log.events(),
@@ -362,6 +387,7 @@ function runInstance(
   init: VcpuInit,
   host: WasiHost,
   fs: FileSystem,
+  onSnapshot: (capture: Capture, hostState: HostState) => void,
 ): { result: VcpuResult; memory: WebAssembly.Memory | null } {
   let instance: WebAssembly.Instance;
   const fail = (message: string): { result: VcpuResult; memory: null } => ({
@@ -389,12 +415,34 @@ function runInstance(
   }
   const start = exports['_start'];
   if (typeof start !== 'function') return fail('module has no _start');
+  // Snapshots unwind the guest's stack at a host call's entry and rewind it (asyncify).
+  let asyncify: AsyncifyController | null = null;
+  try {
+    asyncify = new AsyncifyController(instance, init.globalExports);
+  } catch (e) {
+    return fail(`the module cannot take snapshots: ${(e as Error).message}`);
+  }
+  host.bindAsyncify(asyncify);
+  if (init.restore !== null) {
+    const why = host.importState(init.restore.host);
+    if (why !== null) return fail(`cannot restore the snapshot: ${why}`);
+    asyncify.startRewind(init.restore.capture);
+    host.beginRewind();
+  }
   const done = (result: VcpuResult): { result: VcpuResult; memory: WebAssembly.Memory } => ({
     result,
     memory,
   });
   try {
-    (start as () => void)();
+    for (;;) {
+      (start as () => void)();
+      if (asyncify.state !== 'unwinding') break;
+      // The guest stopped at a host call's entry for a snapshot: keep it, then resume it at once.
+      const capture = asyncify.finishUnwind();
+      onSnapshot({ ...capture, memory: capture.memory, stack: capture.stack.slice() }, host.exportState());
+      asyncify.resumeInPlace({ ...capture, memory: new Uint8Array(memory.buffer) });
+      host.beginRewind();
+    }
     return done({ type: 'result', stop: 'exit', exitCode: 0 });
   } catch (e) {
     if (e instanceof ProcExit) return done({ type: 'result', stop: 'exit', exitCode: e.code });

@@ -22,6 +22,8 @@ import { Channel, Ctl } from './channel.js';
 import { NetDevice, type ListenSpec } from '../io/net-device.js';
 import type { VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
 import type { Preopen } from './fs/fs.js';
+import type { Capture } from './instrument/asyncify.js';
+import type { HostState } from './wasi/host.js';
 import { WASI_FUNCTIONS, WASI_MODULE } from '../wasi/abi.js';
 import { DEFAULT_CALL_DEPTH_MAX, instrument, type InstrumentedModule } from './instrument/index.js';
 import { instrumentInWorker } from './instrument/worker.js';
@@ -89,6 +91,21 @@ export interface VmConfig {
   ftPlantReleaseBeforeAck?: boolean;
   /** Seed for the NetDevice's I/O chaos (tests of record/replay under hostile networks); null: none. */
   ioChaosSeed?: number | null;
+  /**
+   * Start from this snapshot (its memory, globals, stack and host resource
+   * table) instead of from the beginning: the guest resumes at the host call
+   * it was taken at. The caller checked it fits this module (see
+   * snapshotMismatch).
+   */
+  restore?: VmSnapshot | null;
+}
+
+/** A snapshot of a running VM at a host call's entry, as the vCPU took it. */
+export interface VmSnapshot {
+  capture: Capture;
+  host: HostState;
+  /** Calls completed before the cut (the log position), or null for a VM without a log. */
+  events: number | null;
 }
 
 /**
@@ -276,6 +293,11 @@ export class Vm {
       traceCallsPath: this.config.traceCallsPath ?? null,
       stdioFds: this.config.stdioFds ?? { stdout: 1, stderr: 2 },
       log: this.vcpuLogInit(log),
+      globalExports: this.module.globalExports,
+      restore:
+        this.config.restore == null
+          ? null
+          : { capture: this.config.restore.capture, host: this.config.restore.host },
     };
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {
@@ -291,6 +313,8 @@ export class Vm {
       worker.on('message', (m: VcpuMessage) => {
         if (m.type === 'io') this.net?.onVcpuMessage(m.msg);
         else if (m.type === 'live') this.onVcpuLive(m.events);
+        else if (m.type === 'snapshot')
+          this.onSnapshot({ capture: m.capture, host: m.host, events: m.events });
         else result = m;
       });
       worker.on('error', (e) => {
@@ -306,6 +330,36 @@ export class Vm {
       });
     });
     return addresses;
+  }
+
+  private readonly snapshotWaiters: ((s: VmSnapshot | null) => void)[] = [];
+
+  /**
+   * Takes a snapshot at the guest's next host call (a call blocked waiting
+   * gives way and runs again after it). The guest resumes at once. Resolves
+   * with null if the VM stops first.
+   */
+  snapshot(): Promise<VmSnapshot | null> {
+    if (this.worker === null || this.outcome === null) return Promise.resolve(null);
+    const p = new Promise<VmSnapshot | null>((resolve) => this.snapshotWaiters.push(resolve));
+    this.ctl.requestSnapshot();
+    void this.outcome.then(() => {
+      for (const w of this.snapshotWaiters.splice(0)) w(null);
+    });
+    return p;
+  }
+
+  private onSnapshot(s: VmSnapshot): void {
+    // One capture answers every request made before it was taken.
+    for (const w of this.snapshotWaiters.splice(0)) w(s);
+  }
+
+  /** Module facts a snapshot must match to be restored here: null when it fits, else why not. */
+  snapshotMismatch(s: { moduleSha256: string; globals: number }): string | null {
+    if (s.moduleSha256 !== this.module.sha256)
+      return 'it was taken of another module (or one instrumented differently)';
+    if (s.globals !== this.module.globalExports.length) return 'its globals do not fit this module';
+    return null;
   }
 
   /** Asks the guest to stop; terminates the worker if it makes no host call within the grace period. */

@@ -87,6 +87,16 @@ import { checkGuestPath, resolvePath, type Resolved } from './resolve.js';
 export type { FsResult } from './errors.js';
 export type { FileStat } from './metadata.js';
 
+/** A file or directory handle as a snapshot keeps it (FileSystem.exportHandle); bigints as decimal strings. */
+export type HandleState = {
+  preopenIndex: number;
+  components: string[];
+  fdflags: number;
+  rightsBase: string;
+  rightsInheriting: string;
+  open: boolean;
+} & ({ kind: 'dir'; guestPath: string | null } | { kind: 'file'; offsetBytes: string });
+
 export interface Preopen {
   guestPath: string;
   hostPath: string;
@@ -403,6 +413,82 @@ export class FileSystem {
   /** Closes every handle, at VM stop. Errors closing are ignored: nothing is left to report them to. */
   closeAll(): void {
     for (const handle of [...this.live, ...this.liveRoots]) this.release(handle);
+  }
+
+  /**
+   * A handle as a snapshot keeps it: where it is (preopen and canonical
+   * components), its rights and flags, and a file's offset. A directory's
+   * cached listing is not kept: a restored guest that goes on reading a
+   * directory with an old cookie reads from a fresh listing.
+   */
+  exportHandle(h: FileHandle | DirHandle): HandleState {
+    const handle = this.impl(h);
+    const common = {
+      preopenIndex: handle.preopenIndex,
+      components: [...handle.components],
+      fdflags: handle.fdflags,
+      rightsBase: handle.rightsBase.toString(),
+      rightsInheriting: handle.rightsInheriting.toString(),
+    };
+    if (handle instanceof DirHandleImpl)
+      return { kind: 'dir', ...common, guestPath: handle.guestPath, open: handle.open };
+    return {
+      kind: 'file',
+      ...common,
+      offsetBytes: handle.offsetBytes.toString(),
+      open: handle.hostFd !== null,
+    };
+  }
+
+  /**
+   * Rebuilds a handle from exportHandle's description, on this file system
+   * (a disk with the same content, restored with the snapshot). A file that
+   * is gone, or is now something else, is an error naming it.
+   */
+  importHandle(s: HandleState): FsResult<FileHandle | DirHandle> | string {
+    const root = this.roots[s.preopenIndex];
+    if (root === undefined) return `the snapshot names preopen ${s.preopenIndex}, which this VM lacks`;
+    const rightsBase = BigInt(s.rightsBase);
+    const rightsInheriting = BigInt(s.rightsInheriting);
+    if (s.kind === 'dir') {
+      const handle = new DirHandleImpl(
+        this,
+        s.preopenIndex,
+        s.components,
+        s.guestPath,
+        s.fdflags,
+        rightsBase,
+        rightsInheriting,
+      );
+      handle.open = s.open;
+      if (s.open) (s.guestPath !== null ? this.liveRoots : this.live).add(handle);
+      return ok(handle);
+    }
+    const hostPath = [root.hostRoot, ...s.components].join('/');
+    const wantsRead = (rightsBase & Rights.FD_READ) !== 0n;
+    const wantsWrite = (rightsBase & WRITE_RIGHTS) !== 0n;
+    const access = wantsWrite ? (wantsRead ? O_RDWR : O_WRONLY) : O_RDONLY;
+    let hostFd: number | null = null;
+    if (s.open) {
+      try {
+        hostFd = nodeFs.openSync(hostPath, access | O_NOFOLLOW);
+      } catch (e) {
+        return `cannot reopen ${root.guestPath}/${s.components.join('/')}: ${systemErrorCode(e) ?? String(e)}`;
+      }
+    }
+    const handle = new FileHandleImpl(
+      this,
+      hostFd ?? -1,
+      s.preopenIndex,
+      s.components,
+      s.fdflags,
+      rightsBase,
+      rightsInheriting,
+    );
+    handle.hostFd = hostFd;
+    handle.offsetBytes = BigInt(s.offsetBytes);
+    if (s.open) this.live.add(handle);
+    return ok(handle);
   }
 
   /** How many handles count against OPEN_HANDLES_MAX now (for tests and the VM's status). */

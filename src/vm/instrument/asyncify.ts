@@ -154,11 +154,27 @@ export class AsyncifyController {
       'memory can be restored',
     );
     if (capture.memory.length > current) this.memory.grow((capture.memory.length - current) / pageBytes);
-    const live = new Uint8Array(this.memory.buffer);
-    live.set(capture.memory);
+    new Uint8Array(this.memory.buffer).set(capture.memory);
     this.globals.forEach((g, i) => {
       g.value = capture.globals[i];
     });
+    this.rewindStack(capture);
+  }
+
+  /**
+   * Resumes the instance that was just unwound, without copying its memory
+   * back: memory and globals are still what the capture holds (finishUnwind
+   * put the guest's bytes back under the region). The host then calls the
+   * same export again.
+   */
+  resumeInPlace(capture: Capture): void {
+    assert(this.state === 'normal' && this.saved === undefined, 'rewind starts from the normal state');
+    assert(this.memory.buffer.byteLength === capture.memory.length, 'resumes the instance it captured');
+    this.rewindStack(capture);
+  }
+
+  private rewindStack(capture: Capture): void {
+    const live = new Uint8Array(this.memory.buffer);
     const { regionStart: start, regionEnd: end } = capture;
     assert(end - start >= HEADER_BYTES + capture.stack.length, 'stack fits the region');
     this.saved = { start, bytes: live.slice(start, end) };

@@ -52,8 +52,9 @@ import {
 } from '../../wasi/abi.js';
 import { GuestFault, GuestInval, GuestMemory, encodeUtf8 } from '../../wasi/memory.js';
 import { Channel, CtlSlot, type Ctl, RxFlag, TxFlag } from '../channel.js';
-import type { DirHandle, FileHandle, FileStat, FileSystem } from '../fs/fs.js';
-import { ProcExit, StopRequested } from './signals.js';
+import type { DirHandle, FileHandle, FileStat, FileSystem, HandleState } from '../fs/fs.js';
+import { ProcExit, SnapshotHere, StopRequested } from './signals.js';
+import type { AsyncifyController } from '../instrument/asyncify.js';
 import { PATH_BYTES_MAX } from '../fs/limits.js';
 import type { Clock } from '../../io/clock.js';
 import type { Entropy } from '../../io/entropy.js';
@@ -70,6 +71,20 @@ type FdEntry =
   | { kind: 'socket'; ch: Channel; connId: number; fdflags: number }
   | { kind: 'file'; h: FileHandle }
   | { kind: 'dir'; h: DirHandle };
+
+/** A descriptor as a snapshot keeps it (WasiHost.exportState). */
+export type HostFdState =
+  | { fd: number; kind: 'stdin' | 'stdout' | 'stderr'; fdflags: number }
+  | { fd: number; kind: 'listener'; listener: number; fdflags: number }
+  | { fd: number; kind: 'socket'; fdflags: number }
+  | { fd: number; kind: 'file' | 'dir'; handle: HandleState };
+
+/** The host side of a snapshot: JSON, versioned (bigints as decimal strings). */
+export interface HostState {
+  v: 1;
+  fds: HostFdState[];
+  lastClockNs: string[];
+}
 
 /** Messages the I/O side posts to the vCPU's port. */
 export type IoToVcpuMessage = { type: 'conn'; listener: number; connId: number; sab: SharedArrayBuffer };
@@ -235,6 +250,11 @@ export class WasiHost {
   private iovCache: { ptr: number; len: number; bufs: Uint8Array[] } | null = null;
   /** The last value each clock gave the guest; the log keeps differences from it. */
   private readonly lastClockNs: bigint[] = [0n, 0n, 0n, 0n];
+  /** Snapshot support, once the vCPU binds it (see snapshotting()). */
+  private asyncify: AsyncifyController | null = null;
+  private rewinding = false;
+  /** The control block's SNAPSHOT counter as of the last snapshot this host started. */
+  private snapshotsTaken = 0;
 
   constructor(
     cfg: WasiHostConfig,
@@ -315,7 +335,7 @@ export class WasiHost {
           }
         };
       }
-      out[name] = this.traced(name, gated);
+      out[name] = this.snapshotting(this.traced(name, gated));
     });
     return out as WasiImports;
   }
@@ -335,12 +355,155 @@ export class WasiHost {
       } catch (e) {
         if (e instanceof GuestFault) return Errno.FAULT;
         if (e instanceof GuestInval) return Errno.INVAL;
-        if (e instanceof ProcExit || e instanceof StopRequested) throw e;
+        if (e instanceof ProcExit || e instanceof StopRequested || e instanceof SnapshotHere) throw e;
         // A host bug must not look like a guest error; it stops the VM with the host's message.
         throw e instanceof Error ? new HostCallError(name, e) : e;
       }
     };
     return gated;
+  }
+
+  /**
+   * Snapshots at a host call's entry (src/vm/snapshot.ts drives them). With
+   * asyncify bound, a call that finds a snapshot asked for unwinds the guest's
+   * stack instead of running: it starts the unwind and returns at once, and
+   * the export the vCPU called returns with the stack saved in memory. When
+   * the vCPU rewinds (to resume the same instance, or a restored one), the
+   * guest calls the same import again; that re-entry finishes the rewind and
+   * then runs the call for real. A call blocked waiting when the snapshot is
+   * asked for throws SnapshotHere before it took effect and unwinds the same
+   * way, so it runs again from its start.
+   */
+  private snapshotting(inner: (...a: never[]) => number): (...a: never[]) => number {
+    return (...args: never[]): number => {
+      const a = this.asyncify;
+      if (a === null) return inner(...args);
+      if (this.rewinding) {
+        this.rewinding = false;
+        a.finishRewind();
+      } else if (this.caps.ctl.snapshotRequests() !== this.snapshotsTaken) {
+        this.snapshotsTaken = this.caps.ctl.snapshotRequests();
+        a.startUnwind(0);
+        return 0;
+      }
+      try {
+        return inner(...args);
+      } catch (e) {
+        if (!(e instanceof SnapshotHere)) throw e;
+        this.snapshotsTaken = this.caps.ctl.snapshotRequests();
+        a.startUnwind(0);
+        return 0;
+      }
+    };
+  }
+
+  /**
+   * Lets this host take snapshots: `asyncify` drives the unwinds and rewinds
+   * of the instance whose imports these are. `rewinding` says the instance is
+   * being rewound now (the vCPU calls the export again next).
+   */
+  bindAsyncify(asyncify: AsyncifyController): void {
+    this.asyncify = asyncify;
+  }
+
+  /** The vCPU is about to rewind the guest into the call it was unwound at. */
+  beginRewind(): void {
+    this.rewinding = true;
+  }
+
+  /**
+   * The resource table at a snapshot: every descriptor and what it refers
+   * to, and the clocks as the guest last saw them. Connections are named but
+   * not carried: they live in this host's kernel.
+   */
+  exportState(): HostState {
+    const fds: HostFdState[] = [];
+    for (const [fd, e] of [...this.fds].sort(([a], [b]) => a - b)) {
+      switch (e.kind) {
+        case 'stdin':
+        case 'stdout':
+        case 'stderr':
+          fds.push({ fd, kind: e.kind, fdflags: e.fdflags });
+          break;
+        case 'listener':
+          fds.push({ fd, kind: 'listener', listener: e.listener, fdflags: e.fdflags });
+          break;
+        case 'socket':
+          fds.push({ fd, kind: 'socket', fdflags: e.fdflags });
+          break;
+        case 'file':
+        case 'dir':
+          fds.push({ fd, kind: e.kind, handle: this.caps.fs.exportHandle(e.h) });
+          break;
+      }
+    }
+    return { v: 1, fds, lastClockNs: this.lastClockNs.map(String) };
+  }
+
+  /**
+   * Rebuilds the resource table from a snapshot's (before the rewind).
+   * Connections read as reset: their TCP state stayed in the old host's
+   * kernel. Returns a message when the snapshot does not fit this VM.
+   */
+  importState(state: HostState): string | null {
+    if (state.v !== 1) return `host state version ${String(state.v)} is not supported (this host reads 1)`;
+    if (state.lastClockNs.length !== this.lastClockNs.length)
+      return 'the snapshot has another number of clocks';
+    const rebuilt = new Map<number, FdEntry>();
+    const stdin = this.fds.get(0);
+    for (const f of state.fds) {
+      switch (f.kind) {
+        case 'stdin':
+          if (stdin?.kind !== 'stdin') return 'this VM has no stdin to restore';
+          rebuilt.set(f.fd, { kind: 'stdin', ch: stdin.ch, fdflags: f.fdflags });
+          break;
+        case 'stdout':
+        case 'stderr':
+          rebuilt.set(f.fd, { kind: f.kind, fdflags: f.fdflags });
+          break;
+        case 'listener':
+          if (!this.pending.has(f.listener))
+            return `the snapshot names listener ${f.listener}, which this VM lacks`;
+          rebuilt.set(f.fd, { kind: 'listener', listener: f.listener, fdflags: f.fdflags });
+          break;
+        case 'socket': {
+          const ch = phantomChannel();
+          ch.setRxFlag(RxFlag.RESET);
+          ch.setTxFlag(TxFlag.BROKEN);
+          rebuilt.set(f.fd, { kind: 'socket', ch, connId: -1, fdflags: f.fdflags });
+          break;
+        }
+        case 'file':
+        case 'dir': {
+          const h = this.caps.fs.importHandle(f.handle);
+          if (typeof h === 'string') return h;
+          if (!h.ok) return `cannot restore descriptor ${f.fd}: errno ${h.errno}`;
+          rebuilt.set(
+            f.fd,
+            f.kind === 'file'
+              ? { kind: 'file', h: h.value as FileHandle }
+              : { kind: 'dir', h: h.value as DirHandle },
+          );
+          break;
+        }
+      }
+    }
+    // The preopen roots opened by the constructor are replaced by the snapshot's.
+    for (const e of this.fds.values()) if (e.kind === 'dir' || e.kind === 'file') this.caps.fs.close(e.h);
+    this.fds.clear();
+    for (const [fd, e] of rebuilt) this.fds.set(fd, e);
+    state.lastClockNs.forEach((ns, i) => (this.lastClockNs[i] = BigInt(ns)));
+    // The monotonic clock continues from where the guest last saw it, as at a go-live.
+    const base = this.caps.clock;
+    const offsetNs = this.lastClockNs[Clockid.MONOTONIC]! - base.monotonicNs();
+    if (offsetNs > 0n) {
+      this.caps.clock = {
+        monotonicNs: () => base.monotonicNs() + offsetNs,
+        realtimeNs: () => base.realtimeNs(),
+        cpuTimeNs: () => base.cpuTimeNs(),
+      };
+    }
+    return null;
   }
 
   /** With tracing on, counts calls per function and errno around a gate. */
@@ -460,7 +623,7 @@ export class WasiHost {
         } else {
           // Interrupted before it took effect (a stop while blocked): the call is not in the log.
           log.interrupted();
-          if (e instanceof StopRequested || e instanceof ReplayStop) throw e;
+          if (e instanceof StopRequested || e instanceof ReplayStop || e instanceof SnapshotHere) throw e;
           throw e instanceof Error ? new HostCallError(name, e) : e;
         }
       }
@@ -1407,6 +1570,8 @@ export class WasiHost {
       if (ready()) return true;
       const stop = ctl.stopRequested();
       if (stop !== 0) throw new StopRequested(stop);
+      // Nothing has taken effect yet: the call gives way to a snapshot and runs again after it.
+      if (this.asyncify !== null && ctl.snapshotRequests() !== this.snapshotsTaken) throw new SnapshotHere();
       let timeoutMs = Infinity;
       if (deadlineNs !== null) {
         const left = deadlineNs - this.caps.clock.monotonicNs();
@@ -1420,12 +1585,17 @@ export class WasiHost {
     }
   }
 
-  /** blockUntil without a deadline that answers false instead of throwing when a stop is requested. */
+  /**
+   * blockUntil without a deadline that answers false instead of throwing when
+   * a stop or a snapshot is requested: for a call that already took effect
+   * (bytes moved), which then returns what it has; the request is honoured at
+   * the next call's entry.
+   */
   private blockUntilOrStop(ready: () => boolean): boolean {
     try {
       return this.blockUntil(ready, null);
     } catch (e) {
-      if (e instanceof StopRequested) return false;
+      if (e instanceof StopRequested || e instanceof SnapshotHere) return false;
       throw e;
     }
   }

@@ -14,5 +14,13 @@ export class StopRequested {
   constructor(readonly reason: number) {}
 }
 
+/**
+ * A snapshot was asked for while a call was blocked, before the call took any
+ * effect: the call is abandoned (a logged call is not recorded), the stack is
+ * unwound at its entry, and after the snapshot the call runs again from the
+ * start.
+ */
+export class SnapshotHere {}
+
 /** Stop reasons carried in the control block's STOP word. */
 export const StopReason = { NONE: 0, SIGINT: 1, SIGTERM: 2, HOST: 3 } as const;
