@@ -247,6 +247,8 @@ export const CtlSlot = {
   IO_WAITING: 5,
   /** Snapshots asked for so far (a counter): the vCPU takes one at its next host call's entry. */
   SNAPSHOT: 6,
+  /** Thaws asked for (a counter): the vCPU deletes the frozen copy of the disk of the last snapshot. */
+  THAW: 7,
 } as const;
 const CTL_SLOTS = 8;
 
@@ -303,5 +305,14 @@ export class Ctl {
   }
   snapshotRequests(): number {
     return Atomics.load(this.i32, CtlSlot.SNAPSHOT);
+  }
+  /** Asks the vCPU to drop the frozen disk of the last snapshot (it was copied away). */
+  requestThaw(): void {
+    Atomics.add(this.i32, CtlSlot.THAW, 1);
+    Atomics.add(this.i32, CtlSlot.WAKE, 1);
+    Atomics.notify(this.i32, CtlSlot.WAKE);
+  }
+  thawRequests(): number {
+    return Atomics.load(this.i32, CtlSlot.THAW);
   }
 }

@@ -87,6 +87,11 @@ export interface VcpuInit {
   log: VcpuLogInit | null;
   /** The instrumented module's mutable globals, in the order snapshots keep them. */
   globalExports: string[];
+  /**
+   * Where a snapshot freezes the VM's folders (FileSystem.freeze), or null
+   * for snapshots without the disk.
+   */
+  freezeDir: string | null;
   /** Start from a snapshot instead of from `_start`'s beginning (src/vm/snapshot.ts). */
   restore: { capture: Capture; host: HostState } | null;
 }
@@ -141,7 +146,16 @@ export type VcpuMessage =
    * A snapshot at the entry of a host call (the guest resumed at once):
    * `events` calls had completed (null without a log).
    */
-  | { type: 'snapshot'; capture: Capture; host: HostState; events: number | null };
+  | {
+      type: 'snapshot';
+      capture: Capture;
+      host: HostState;
+      events: number | null;
+      /** The folders frozen as at the cut (one subfolder per preopen), or why not; null: not asked. */
+      disk: SnapshotDisk | null;
+    };
+
+export type SnapshotDisk = { dir: string; files: number; bytes: number } | { error: string };
 
 /** Values of the instrumentation's `lockstep_limit` global. */
 const LIMIT_BY_CODE: Record<number, LimitKind> = { 1: 'memory', 2: 'depth', 3: 'fuel' };
@@ -317,11 +331,18 @@ function run(init: VcpuInit): VcpuResult {
   );
   try {
     const { result, memory } = runInstance(init, host, fs, (capture, hostState) => {
+      let disk: SnapshotDisk | null = null;
+      if (init.freezeDir !== null && init.preopens.length > 0) {
+        // Still inside the pause: the frozen tree is the disk exactly at the cut.
+        const frozen = fs.freeze(init.freezeDir);
+        disk = typeof frozen === 'string' ? { error: frozen } : { dir: init.freezeDir, ...frozen };
+      }
       const msg: VcpuMessage = {
         type: 'snapshot',
         capture,
         host: hostState,
         events: log === null ? null : log.events(),
+        disk,
       };
       // The copy of memory moves to the main thread instead of being copied again.
       port.postMessage(msg, [capture.memory.buffer as ArrayBuffer]);

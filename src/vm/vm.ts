@@ -20,7 +20,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Channel, Ctl } from './channel.js';
 import { NetDevice, type ListenSpec } from '../io/net-device.js';
-import type { VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
+import type { SnapshotDisk, VcpuInit, VcpuMessage, VcpuResult } from './vcpu.js';
 import type { Preopen } from './fs/fs.js';
 import type { Capture } from './instrument/asyncify.js';
 import type { HostState } from './wasi/host.js';
@@ -98,6 +98,8 @@ export interface VmConfig {
    * snapshotMismatch).
    */
   restore?: VmSnapshot | null;
+  /** Where snapshots freeze the VM's disk (see FileSystem.freeze); absent: snapshots carry no disk. */
+  freezeDir?: string | null;
 }
 
 /** A snapshot of a running VM at a host call's entry, as the vCPU took it. */
@@ -106,6 +108,12 @@ export interface VmSnapshot {
   host: HostState;
   /** Calls completed before the cut (the log position), or null for a VM without a log. */
   events: number | null;
+  /**
+   * The VM's folders frozen as at the cut, one subfolder per preopen (by
+   * index), until thawSnapshotDisk(); or why they could not be; null when
+   * the VM has no freezeDir or no folders.
+   */
+  disk?: SnapshotDisk | null;
 }
 
 /**
@@ -294,6 +302,7 @@ export class Vm {
       stdioFds: this.config.stdioFds ?? { stdout: 1, stderr: 2 },
       log: this.vcpuLogInit(log),
       globalExports: this.module.globalExports,
+      freezeDir: this.config.freezeDir ?? null,
       restore:
         this.config.restore == null
           ? null
@@ -314,7 +323,7 @@ export class Vm {
         if (m.type === 'io') this.net?.onVcpuMessage(m.msg);
         else if (m.type === 'live') this.onVcpuLive(m.events);
         else if (m.type === 'snapshot')
-          this.onSnapshot({ capture: m.capture, host: m.host, events: m.events });
+          this.onSnapshot({ capture: m.capture, host: m.host, events: m.events, disk: m.disk });
         else result = m;
       });
       worker.on('error', (e) => {
@@ -352,6 +361,11 @@ export class Vm {
   private onSnapshot(s: VmSnapshot): void {
     // One capture answers every request made before it was taken.
     for (const w of this.snapshotWaiters.splice(0)) w(s);
+  }
+
+  /** Drops the frozen disk of the last snapshot (once it has been copied away); writes stop copying. */
+  thawSnapshotDisk(): void {
+    this.ctl.requestThaw();
   }
 
   /** Module facts a snapshot must match to be restored here: null when it fits, else why not. */

@@ -10,7 +10,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cpSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { Redis } from 'ioredis';
 import { Vm, type VmSnapshot } from '../../src/vm/vm.js';
 import { kvConfig, loadVm } from './ft-harness.js';
@@ -43,7 +44,9 @@ test(
     let a: Vm | null = null;
     let b: Vm | null = null;
     try {
-      a = await loadVm(kvConfig(diskA.dir, 0, null));
+      writeFileSync(path.join(diskA.dir, 'note.txt'), 'at the snapshot');
+      const freezeDir = path.join(diskA.dir, '..', `${path.basename(diskA.dir)}-frozen`);
+      a = await loadVm({ ...kvConfig(diskA.dir, 0, null), freezeDir });
       const [addrA] = await a.start();
       const ra = await client(addrA!.port);
       for (let i = 0; i < 50; i++) assert.equal(await ra.set(`k${i}`, `v${i}`), 'OK');
@@ -55,6 +58,7 @@ test(
         withConn.host.fds.some((f) => f.kind === 'socket'),
         'the open connection is in the table',
       );
+      a.thawSnapshotDisk();
       assert.equal(await ra.get('k7'), 'v7', 'the source serves on after a snapshot');
       await ra.quit();
       // Let the server see the close and go back to waiting in poll_oneoff.
@@ -65,12 +69,21 @@ test(
       assert.ok(snap.capture.stack.byteLength > 0, 'the stack was unwound into the capture');
       assert.ok(!snap.host.fds.some((f) => f.kind === 'socket'));
       const memoryA = sha(snap.capture.memory);
+      // The disk came frozen as at the cut; the restored VM gets that copy.
+      const disk = snap.disk;
+      assert.ok(disk != null && 'dir' in disk, JSON.stringify(disk));
+      // (Guest writes after the cut would be copied-on-write: src/vm/fs/freeze.test.ts.)
+      assert.equal(readFileSync(path.join(disk.dir, '0', 'note.txt'), 'utf8'), 'at the snapshot');
+      cpSync(path.join(disk.dir, '0'), diskB.dir, { recursive: true });
+      a.thawSnapshotDisk();
       const ra2 = await client(addrA!.port);
       assert.equal(await ra2.incr('n'), 2, 'the source serves on after a snapshot');
       ra2.disconnect();
 
-      // The disk goes with the snapshot, as it was at the cut (the KV example keeps none).
-      cpSync(diskA.dir, diskB.dir, { recursive: true });
+      assert.equal(readFileSync(path.join(diskB.dir, 'note.txt'), 'utf8'), 'at the snapshot');
+      // The thaw happens at the source's next host call (the INCR above made several).
+      await new Promise((r) => setTimeout(r, 100));
+      assert.ok(!existsSync(disk.dir), 'the frozen copy is gone after the thaw');
       b = await loadVm({ ...kvConfig(diskB.dir, 0, null), restore: snap });
       assert.equal(
         b.snapshotMismatch({ moduleSha256: a.module.sha256, globals: snap.capture.globals.length }),

@@ -184,6 +184,9 @@ export class FileSystem {
   private readonly live = new Set<AnyHandle>();
   /** Preopen roots handed out and not yet closed. They do not count against the limit. */
   private readonly liveRoots = new Set<DirHandleImpl>();
+  /** While frozen (see freeze()): the frozen tree, and its entries still sharing an inode, by dev:ino. */
+  private frozen: { dir: string; shared: Map<string, string[]> } | null = null;
+  private unshared = 0;
 
   constructor(preopens: readonly Preopen[]) {
     this.roots = preopens.map((preopen) => {
@@ -331,6 +334,7 @@ export class FileSystem {
     if (size >= I64_LIMIT) return fail(Errno.INVAL);
     if (size > FILE_SIZE_MAX_BYTES) return fail(Errno.FBIG);
     const fd = f.value.hostFd!;
+    if (this.frozen !== null) this.unshare(fd, null);
     return attempt(() => nodeFs.ftruncateSync(fd, Number(size)));
   }
 
@@ -345,6 +349,7 @@ export class FileSystem {
     if (!size.ok) return size;
     if (size.value >= end) return OK_VOID;
     const fd = f.value.hostFd!;
+    if (this.frozen !== null) this.unshare(fd, null);
     return attempt(() => nodeFs.ftruncateSync(fd, Number(end)));
   }
 
@@ -491,6 +496,97 @@ export class FileSystem {
     return ok(handle);
   }
 
+  /**
+   * Freezes the folders as they are now into `intoDir` (one subfolder per
+   * preopen, by index), cheaply: directories and symlinks are recreated,
+   * regular files are hard links to the live ones (copied only when `intoDir`
+   * is on another file system). From then on, the first change to a file's
+   * content (a write, a truncation, an allocation, an open with O_TRUNC)
+   * first gives the frozen tree its own copy of that file: copy-on-write at
+   * file granularity, so the frozen tree stays exactly as it was at the freeze
+   * while the guest goes on. Renames, unlinks and new files touch only the
+   * live tree. Used for the disk of a snapshot (a live clone streams it while
+   * the primary runs on). Returns a message if the tree cannot be made.
+   */
+  freeze(intoDir: string): { files: number; bytes: number } | string {
+    if (this.frozen !== null) return 'the folders are already frozen';
+    const shared = new Map<string, string[]>();
+    let files = 0;
+    let bytes = 0;
+    const copyTree = (src: string, dst: string): void => {
+      nodeFs.mkdirSync(dst, { recursive: true, mode: 0o700 });
+      for (const entry of nodeFs.readdirSync(src, { withFileTypes: true })) {
+        const from = `${src}/${entry.name}`;
+        const to = `${dst}/${entry.name}`;
+        if (entry.isDirectory()) copyTree(from, to);
+        else if (entry.isSymbolicLink()) nodeFs.symlinkSync(nodeFs.readlinkSync(from), to);
+        else if (entry.isFile()) {
+          const st = nodeFs.lstatSync(from, { bigint: true });
+          try {
+            nodeFs.linkSync(from, to);
+            const key = `${st.dev}:${st.ino}`;
+            shared.set(key, [...(shared.get(key) ?? []), to]);
+          } catch (e) {
+            if (systemErrorCode(e) !== 'EXDEV') throw e;
+            nodeFs.copyFileSync(from, to);
+          }
+          files++;
+          bytes += Number(st.size);
+        }
+      }
+    };
+    try {
+      this.roots.forEach((root, i) => copyTree(root.hostRoot, `${intoDir}/${i}`));
+    } catch (e) {
+      nodeFs.rmSync(intoDir, { recursive: true, force: true });
+      return `cannot freeze the folders into ${intoDir}: ${(e as Error).message}`;
+    }
+    this.frozen = { dir: intoDir, shared };
+    return { files, bytes };
+  }
+
+  /** Ends the freeze: the frozen tree is deleted and writes stop copying. */
+  thaw(): void {
+    if (this.frozen === null) return;
+    nodeFs.rmSync(this.frozen.dir, { recursive: true, force: true });
+    this.frozen = null;
+  }
+
+  /** Files the frozen tree has had to copy since the freeze (for tests). */
+  get unsharedFiles(): number {
+    return this.unshared;
+  }
+
+  /**
+   * Before the content of a file changes while frozen: if the frozen tree
+   * shares its inode, the frozen entry becomes a private copy first (copied,
+   * then renamed over the link, so the frozen tree never holds half a file).
+   */
+  private unshare(fd: number | null, hostPath: string | null): void {
+    const frozen = this.frozen!;
+    let key: string;
+    try {
+      const st =
+        fd !== null ? nodeFs.fstatSync(fd, { bigint: true }) : nodeFs.lstatSync(hostPath!, { bigint: true });
+      key = `${st.dev}:${st.ino}`;
+    } catch {
+      return; // nothing there to protect
+    }
+    const paths = frozen.shared.get(key);
+    if (paths === undefined) return;
+    // Files hard-linked to each other in the live tree stay so in the frozen one.
+    const first = paths[0]!;
+    const tmp = `${first}.lockstep-cow`;
+    nodeFs.copyFileSync(first, tmp);
+    nodeFs.renameSync(tmp, first);
+    for (const other of paths.slice(1)) {
+      nodeFs.rmSync(other);
+      nodeFs.linkSync(first, other);
+    }
+    frozen.shared.delete(key);
+    this.unshared++;
+  }
+
   /** How many handles count against OPEN_HANDLES_MAX now (for tests and the VM's status). */
   openHandleCount(): number {
     return this.live.size;
@@ -595,6 +691,7 @@ export class FileSystem {
     }
     if (directory) return fail(Errno.NOTDIR);
     if (!existing.isFile()) return fail(Errno.NOTSUP);
+    if (truncate && this.frozen !== null) this.unshare(null, resolved.hostPath);
     return this.openFileAt(parent, resolved, offeredBase, inheriting, fdflags, truncate ? O_TRUNC : 0);
   }
 
@@ -822,6 +919,7 @@ export class FileSystem {
   /** Writes `bufs` in order at `position`; honours the SYNC and DSYNC fdflags. */
   private writeAt(file: FileHandleImpl, bufs: Uint8Array[], position: bigint): FsResult<number> {
     const fd = file.hostFd!;
+    if (this.frozen !== null) this.unshare(fd, null);
     let totalBytes = 0;
     let at = position;
     let requestedBytes = 0;

@@ -255,6 +255,7 @@ export class WasiHost {
   private rewinding = false;
   /** The control block's SNAPSHOT counter as of the last snapshot this host started. */
   private snapshotsTaken = 0;
+  private thawsSeen = 0;
 
   constructor(
     cfg: WasiHostConfig,
@@ -378,6 +379,7 @@ export class WasiHost {
     return (...args: never[]): number => {
       const a = this.asyncify;
       if (a === null) return inner(...args);
+      if (this.caps.ctl.thawRequests() !== this.thawsSeen) this.thaw();
       if (this.rewinding) {
         this.rewinding = false;
         a.finishRewind();
@@ -404,6 +406,12 @@ export class WasiHost {
    */
   bindAsyncify(asyncify: AsyncifyController): void {
     this.asyncify = asyncify;
+  }
+
+  /** Drops the frozen disk of the last snapshot, as the main thread asked (it has been copied). */
+  private thaw(): void {
+    this.thawsSeen = this.caps.ctl.thawRequests();
+    this.caps.fs.thaw();
   }
 
   /** The vCPU is about to rewind the guest into the call it was unwound at. */
@@ -1570,6 +1578,7 @@ export class WasiHost {
       if (ready()) return true;
       const stop = ctl.stopRequested();
       if (stop !== 0) throw new StopRequested(stop);
+      if (ctl.thawRequests() !== this.thawsSeen) this.thaw();
       // Nothing has taken effect yet: the call gives way to a snapshot and runs again after it.
       if (this.asyncify !== null && ctl.snapshotRequests() !== this.snapshotsTaken) throw new SnapshotHere();
       let timeoutMs = Infinity;
