@@ -266,8 +266,11 @@ export class ReplayTape {
   constructor(
     private readonly source: FrameSource,
     fnNames: readonly string[],
+    /** The first call's number: 0 from the log's start, a snapshot's `events` for a clone. */
+    startSeq = 0,
   ) {
     this.fnNames = fnNames;
+    this.seq = startSeq;
   }
 
   /** Host calls replayed so far (the current one included once begin() succeeded). */

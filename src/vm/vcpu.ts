@@ -93,7 +93,7 @@ export interface VcpuInit {
    */
   freezeDir: string | null;
   /** Start from a snapshot instead of from `_start`'s beginning (src/vm/snapshot.ts). */
-  restore: { capture: Capture; host: HostState } | null;
+  restore: { capture: Capture; host: HostState; events: number } | null;
 }
 
 export type VcpuLogInit =
@@ -272,7 +272,8 @@ function run(init: VcpuInit): VcpuResult {
       log = { mode: { mode: 'record', tape: rec, outputs: ledger }, ledger, events: () => tape!.events };
     } else {
       const ring = ByteRing.attach(init.log.ringSab);
-      const rep = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS);
+      // A backup cloned from a snapshot replays from the snapshot's call on.
+      const rep = new ReplayTape(new RingFrameSource(ring, ctl), WASI_FUNCTIONS, init.restore?.events ?? 0);
       log = {
         mode: { mode: 'replay', tape: rep, outputs: ledger },
         ledger,

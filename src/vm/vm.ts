@@ -306,7 +306,11 @@ export class Vm {
       restore:
         this.config.restore == null
           ? null
-          : { capture: this.config.restore.capture, host: this.config.restore.host },
+          : {
+              capture: this.config.restore.capture,
+              host: this.config.restore.host,
+              events: this.config.restore.events ?? 0,
+            },
     };
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {
