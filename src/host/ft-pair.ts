@@ -25,7 +25,7 @@
  */
 import { closeSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import type { Vm } from '../vm/vm.js';
-import { wholeFrames } from '../vm/vm.js';
+import { frameEnds, wholeFrames } from '../vm/vm.js';
 import { PREAMBLE_BYTES } from '../ft/log/format.js';
 import { LogError } from '../ft/log/scanner.js';
 import {
@@ -38,8 +38,10 @@ import {
   type FtLogger,
   type FtPrimaryLink,
 } from '../io/ft-link.js';
-import type { LogReceiverOptions, LogSenderOptions } from '../ft/channel.js';
+import type { LogReceiverOptions, LogSenderOptions, StreamPosition } from '../ft/channel.js';
 
+/** Frame ends (and clone starts) remembered, for a snapshot's position asked for soon after. */
+const BOUNDARIES_KEPT = 4096;
 /** How much of the file a catch-up read takes at once. */
 const CATCH_UP_CHUNK_BYTES = 1024 * 1024;
 /** A catch-up read grows to hold one whole frame, up to the largest frame a log may have. */
@@ -108,6 +110,8 @@ export class FtPrimarySide {
       this.fileBytes = at.fileBytes;
       this.fileEvents = at.events;
     }
+    // The file's end now is also where calls from fileEvents on begin.
+    this.boundaries.push({ offset: this.fileBytes, events: this.fileEvents });
     o.vm.streamFtLog((bytes, lastEventSeq) => this.onLogBytes(bytes, lastEventSeq));
   }
 
@@ -151,9 +155,10 @@ export class FtPrimarySide {
       startFrom: (asked) =>
         this.logBroken !== null
           ? this.logBroken
-          : asked.offset === 0 && asked.events === 0
-            ? { offset: 0, events: 0 }
-            : 'this primary serves its log from the first event only',
+          : (asked.offset === 0 && asked.events === 0) ||
+              this.cloneStarts.some((c) => c.offset === asked.offset && c.events === asked.events)
+            ? { offset: asked.offset, events: asked.events }
+            : `this primary serves its log from the first event, or from a snapshot it took; not from offset ${asked.offset} (event ${asked.events})`,
       onSession: (link) => this.onSession(link),
       onAck: (link, ack) => {
         // Only the current session's acks release outputs: another backup's say nothing of this one.
@@ -196,6 +201,33 @@ export class FtPrimarySide {
 
   /** Why the log file cannot serve a backup any more (a write failed), or null. */
   private logBroken: string | null = null;
+  /** The most recent frame ends in the file: (offset after the frame, calls recorded by then). */
+  private readonly boundaries: StreamPosition[] = [];
+  private readonly boundaryWaiters = new Map<number, ((p: StreamPosition) => void)[]>();
+  /** Positions a backup cloned from a snapshot may ask the stream to start from. */
+  private readonly cloneStarts: StreamPosition[] = [];
+
+  /**
+   * Where in the log file the calls from `events` on begin: the end of the
+   * frame that completes call `events` - 1. A snapshot flushes the log at its
+   * cut, so its `events` is a frame end; this waits until the main thread has
+   * written that frame. A backup restored from the snapshot may then ask for
+   * the stream from there (see offer).
+   */
+  cloneStart(events: number): Promise<StreamPosition> {
+    const known = this.boundaries.find((b) => b.events === events);
+    const p =
+      known !== undefined
+        ? Promise.resolve(known)
+        : new Promise<StreamPosition>((resolve) => {
+            this.boundaryWaiters.set(events, [...(this.boundaryWaiters.get(events) ?? []), resolve]);
+          });
+    return p.then((pos) => {
+      this.cloneStarts.push(pos);
+      if (this.cloneStarts.length > BOUNDARIES_KEPT) this.cloneStarts.shift();
+      return pos;
+    });
+  }
 
   private onLogBytes(bytes: Buffer, lastEventSeq: number): void {
     if (this.closed || this.logBroken !== null) return;
@@ -214,6 +246,17 @@ export class FtPrimarySide {
     }
     this.fileBytes += bytes.byteLength;
     this.fileEvents = lastEventSeq + 1;
+    // Frame ends are where a backup cloned from a snapshot can start.
+    for (const f of frameEnds(bytes)) {
+      if (f.events === null) continue;
+      this.boundaries.push({ offset: before + f.end, events: f.events });
+      if (this.boundaries.length > BOUNDARIES_KEPT) this.boundaries.shift();
+      const waiters = this.boundaryWaiters.get(f.events);
+      if (waiters !== undefined) {
+        this.boundaryWaiters.delete(f.events);
+        for (const w of waiters) w({ offset: before + f.end, events: f.events });
+      }
+    }
     const link = this.link;
     if (link === null || this.catchingUp || this.sent !== before) return;
     const r = link.append(bytes, lastEventSeq);
@@ -231,8 +274,9 @@ export class FtPrimarySide {
   private onSession(link: FtPrimaryLink): void {
     this.link = link;
     this.lastAckAtMs = performance.now();
-    this.sent = 0;
-    this.sentEvents = 0;
+    // From the first event, or from a snapshot's cut for a backup restored from it.
+    this.sent = link.session.start.offset;
+    this.sentEvents = link.session.start.events;
     this.setProtection('syncing', null);
     this.o.log.info({ vm: this.o.vmName, backup: link.backup }, `ft: ${link.backup} attached; syncing`);
     void this.catchUp();
@@ -359,6 +403,13 @@ export interface FtBackupSideOptions extends FtLinkCommon {
    * re-forms with a fresh one; it must never go live.
    */
   onFailed?(reason: string): void;
+  /**
+   * A backup restored from the primary's snapshot: the stream starts at the
+   * snapshot's cut (see FtPrimarySide.cloneStart), and `prefix` (this VM's own
+   * log preamble and header) begins its log file and its replay instead of the
+   * primary's first bytes.
+   */
+  clone?: { start: StreamPosition; prefix: Buffer };
 }
 
 export class FtBackupSide {
@@ -374,6 +425,11 @@ export class FtBackupSide {
     private link: FtBackupLink | null,
   ) {
     this.fd = openSync(o.logPath, 'w', 0o600);
+    if (o.clone !== undefined) {
+      writeSync(this.fd, o.clone.prefix, 0, o.clone.prefix.byteLength, 0);
+      this.fileBytes = o.clone.prefix.byteLength;
+      o.vm.feedLog(o.clone.prefix);
+    }
   }
 
   /** Connects to the primary and starts replaying; resolves with the side, or why it could not. */
@@ -394,6 +450,7 @@ export class FtBackupSide {
       primaryIncarnation: o.primaryIncarnation,
       vm: o.vmName,
       generation: o.generation,
+      ...(o.clone !== undefined ? { start: o.clone.start } : {}),
       ...(o.receiver !== undefined ? { receiver: o.receiver } : {}),
       onLog: (link, chunk) => {
         if (side === null) pendingChunks.push(chunk.bytes);

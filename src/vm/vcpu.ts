@@ -332,6 +332,9 @@ function run(init: VcpuInit): VcpuResult {
   );
   try {
     const { result, memory } = runInstance(init, host, fs, (capture, hostState) => {
+      // Every call before the cut is in a whole frame of the log, so a backup restored from this
+      // snapshot can take the stream from the frame that holds call `events`.
+      host.recording?.flush();
       let disk: SnapshotDisk | null = null;
       if (init.freezeDir !== null && init.preopens.length > 0) {
         // Still inside the pause: the frozen tree is the disk exactly at the cut.

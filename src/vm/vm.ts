@@ -261,7 +261,7 @@ export class Vm {
           log.mode === 'ft-backup'
             ? {
                 ring: ByteRing.create(),
-                scanner: new LogScanner(),
+                scanner: new LogScanner(this.config.restore?.events ?? 0),
                 queue: [],
                 queuedBytes: 0,
                 pumping: false,
@@ -673,8 +673,19 @@ export class Vm {
  * (docs/LOG-FORMAT.md); a RECORDS body starts with firstSeq and count.
  */
 export function wholeFrames(b: Buffer): { bytes: number; events: number | null } {
-  let at = 0;
+  const ends = frameEnds(b);
   let events: number | null = null;
+  for (const e of ends) if (e.events !== null) events = e.events;
+  return { bytes: ends.length === 0 ? 0 : ends[ends.length - 1]!.end, events };
+}
+
+/**
+ * Where each whole frame at the start of `b` ends, and for a RECORDS frame
+ * the number of calls recorded once it is read (its firstSeq plus count).
+ */
+export function frameEnds(b: Buffer): { end: number; events: number | null }[] {
+  const out: { end: number; events: number | null }[] = [];
+  let at = 0;
   while (at < b.byteLength) {
     const r = new ByteReader(b.subarray(at));
     let bodyBytes: number;
@@ -686,12 +697,14 @@ export function wholeFrames(b: Buffer): { bytes: number; events: number | null }
     }
     const end = at + r.pos + bodyBytes + 4;
     if (end > b.byteLength) break;
+    let events: number | null = null;
     if (b[at] === FrameKind.RECORDS) {
       const body = new ByteReader(b.subarray(at + r.pos, at + r.pos + bodyBytes));
       const firstSeq = body.varint();
       events = firstSeq + body.varint();
     }
     at = end;
+    out.push({ end: at, events });
   }
-  return { bytes: at, events };
+  return out;
 }

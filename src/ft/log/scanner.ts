@@ -68,7 +68,7 @@ export class LogScanner {
   private preambleDone = false;
   private header: LogHeader | null = null;
   private trailer: Trailer | null = null;
-  private nextSeq = 0;
+  private nextSeq: number;
   /**
    * A damaged frame at pending[0], with the file offset where it claims to
    * end when its length could be read. Everything after it is kept (up to
@@ -77,6 +77,15 @@ export class LogScanner {
   private suspect: { offset: number; why: string; end: number | null } | null = null;
   /** Bytes seen after the suspect frame's start, including those not kept. */
   private tailBytes = 0;
+
+  /**
+   * `startSeq`: the number of the first call the log's RECORDS hold: 0 for a
+   * whole log, a snapshot's `events` for the stream a cloned backup replays
+   * (its header is its own, and its records start at the snapshot's cut).
+   */
+  constructor(startSeq = 0) {
+    this.nextSeq = startSeq;
+  }
 
   get events(): number {
     return this.nextSeq;

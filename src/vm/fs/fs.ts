@@ -545,6 +545,31 @@ export class FileSystem {
     return { files, bytes };
   }
 
+  /**
+   * Copies a frozen tree (one preopen's, `freeze`'s `intoDir/N`) to `dst`
+   * while the guest may still be writing to the live files. Without a lock:
+   * a file is copied, and copied again if its frozen entry was replaced
+   * meanwhile (unshare renames the private copy over the entry before the
+   * live write, so an entry that still has the same inode after the copy was
+   * not written during it).
+   */
+  static copyFrozenTree(src: string, dst: string): void {
+    nodeFs.mkdirSync(dst, { recursive: true, mode: 0o700 });
+    for (const entry of nodeFs.readdirSync(src, { withFileTypes: true })) {
+      const from = `${src}/${entry.name}`;
+      const to = `${dst}/${entry.name}`;
+      if (entry.isDirectory()) FileSystem.copyFrozenTree(from, to);
+      else if (entry.isSymbolicLink()) nodeFs.symlinkSync(nodeFs.readlinkSync(from), to);
+      else if (entry.isFile()) {
+        for (;;) {
+          const before = nodeFs.lstatSync(from, { bigint: true }).ino;
+          nodeFs.copyFileSync(from, to);
+          if (nodeFs.lstatSync(from, { bigint: true }).ino === before) break;
+        }
+      }
+    }
+  }
+
   /** Ends the freeze: the frozen tree is deleted and writes stop copying. */
   thaw(): void {
     if (this.frozen === null) return;
@@ -576,7 +601,8 @@ export class FileSystem {
     if (paths === undefined) return;
     // Files hard-linked to each other in the live tree stay so in the frozen one.
     const first = paths[0]!;
-    const tmp = `${first}.lockstep-cow`;
+    // The copy is made beside the tree, not in it: a reader walking the tree never meets it.
+    const tmp = `${frozen.dir}/.lockstep-cow`;
     nodeFs.copyFileSync(first, tmp);
     nodeFs.renameSync(tmp, first);
     for (const other of paths.slice(1)) {

@@ -476,8 +476,11 @@ export class WasiHost {
           break;
         case 'socket': {
           const ch = phantomChannel();
-          ch.setRxFlag(RxFlag.RESET);
-          ch.setTxFlag(TxFlag.BROKEN);
+          // A replaying backup gets the connection's traffic from the log; a live restore has none.
+          if (this.rep === null) {
+            ch.setRxFlag(RxFlag.RESET);
+            ch.setTxFlag(TxFlag.BROKEN);
+          }
           rebuilt.set(f.fd, { kind: 'socket', ch, connId: -1, fdflags: f.fdflags });
           break;
         }
