@@ -7,8 +7,16 @@
  * 2 for usage errors.
  */
 import path from 'node:path';
+import { createReadStream } from 'node:fs';
+import { rename, writeFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmLog, type VmOutcome } from '../vm/vm.js';
+import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmLog, type VmOutcome, type VmSnapshot } from '../vm/vm.js';
+import {
+  readVmSnapshot,
+  snapshotMismatch,
+  writeVmSnapshot,
+  type ReadVmSnapshotResult,
+} from '../snapshot/vm-snapshot.js';
 import { parseListen, type ListenSpec } from '../io/net-device.js';
 import type { Preopen } from '../vm/fs/fs.js';
 import { StopReason } from '../vm/wasi/signals.js';
@@ -121,9 +129,22 @@ export interface VmCliOptions {
 export function addRunCommand(program: Command): void {
   addVmOptions(program.command('run'))
     .description('run a WASI module as a VM on this machine, in the foreground')
-    .action(async (wasm: string, args: string[], opts: VmCliOptions) => {
+    .option(
+      '--from <file>',
+      'start from a snapshot (lockstep vm snapshot, or --snapshot-file) instead of from the beginning; same module and options',
+    )
+    .option(
+      '--snapshot-file <file>',
+      'on SIGUSR2, write a snapshot of the running VM to this file (the guest pauses at its next host call for the copy)',
+    )
+    .action(async (wasm: string, args: string[], opts: RunCliOptions) => {
       process.exitCode = await runCommand(wasm, args, opts);
     });
+}
+
+interface RunCliOptions extends VmCliOptions {
+  from?: string;
+  snapshotFile?: string;
 }
 
 /** The exit status for a VM outcome (the table in DESIGN.md §5). */
@@ -188,6 +209,7 @@ export async function loadVmForCli(
   vmArgs: string[],
   opts: VmCliOptions,
   log: VmLog | null,
+  restore: VmSnapshot | null = null,
 ): Promise<Vm | null> {
   const notice = setTimeout(() => {
     process.stderr.write(
@@ -207,6 +229,7 @@ export async function loadVmForCli(
     stdin: process.stdin,
     log,
     ioChaosSeed: opts.ioChaos ?? null,
+    restore,
   });
   clearTimeout(notice);
   if (!loaded.ok) {
@@ -223,9 +246,35 @@ export function printListening(addresses: ListenSpec[]): void {
   });
 }
 
-async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Promise<number> {
-  const vm = await loadVmForCli(wasm, [path.basename(wasm).replace(/\.wasm$/, ''), ...args], opts, null);
+async function runCommand(wasm: string, args: string[], opts: RunCliOptions): Promise<number> {
+  let restore: ReadVmSnapshotResult | null = null;
+  if (opts.from !== undefined) {
+    try {
+      restore = await readVmSnapshot(createReadStream(opts.from));
+    } catch (e) {
+      process.stderr.write(`lockstep: cannot read the snapshot ${opts.from}: ${(e as Error).message}\n`);
+      return EXIT_REFUSED;
+    }
+    if (!restore.ok) {
+      process.stderr.write(`lockstep: snapshot ${opts.from} refused (${restore.code}): ${restore.message}\n`);
+      return EXIT_REFUSED;
+    }
+  }
+  const vm = await loadVmForCli(
+    wasm,
+    [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
+    opts,
+    null,
+    restore?.ok === true ? restore.snapshot : null,
+  );
   if (vm === null) return EXIT_REFUSED;
+  if (restore?.ok === true) {
+    const why = snapshotMismatch(restore.header, vm, restore.snapshot.capture.globals.length);
+    if (why !== null) {
+      process.stderr.write(`lockstep: snapshot ${opts.from} does not fit this VM: ${why}\n`);
+      return EXIT_REFUSED;
+    }
+  }
   let addresses: ListenSpec[];
   try {
     addresses = await vm.start();
@@ -234,6 +283,15 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
     return EXIT_REFUSED;
   }
   printListening(addresses);
+  const snapshotFile = opts.snapshotFile;
+  const onSigusr2 = (): void => {
+    if (snapshotFile === undefined) return;
+    void writeSnapshotFile(vm, snapshotFile).then(
+      (n) => process.stderr.write(`lockstep: snapshot written to ${snapshotFile} (${n} bytes)\n`),
+      (e: Error) => process.stderr.write(`lockstep: cannot write the snapshot: ${e.message}\n`),
+    );
+  };
+  if (snapshotFile !== undefined) process.on('SIGUSR2', onSigusr2);
   const onSigint = (): void => vm.stop(StopReason.SIGINT);
   const onSigterm = (): void => vm.stop(StopReason.SIGTERM);
   process.on('SIGINT', onSigint);
@@ -241,7 +299,25 @@ async function runCommand(wasm: string, args: string[], opts: VmCliOptions): Pro
   const outcome = await vm.wait();
   process.off('SIGINT', onSigint);
   process.off('SIGTERM', onSigterm);
+  process.off('SIGUSR2', onSigusr2);
   const msg = describeOutcome(outcome);
   if (msg !== null) process.stderr.write(msg + '\n');
   return exitStatusFor(outcome);
+}
+
+/**
+ * Takes a snapshot of `vm` and writes it to `file` (mode 0600, through a
+ * temporary file renamed into place, so a reader never sees half of one).
+ * Resolves with its size in bytes.
+ */
+async function writeSnapshotFile(vm: Vm, file: string): Promise<number> {
+  const snap = await vm.snapshot();
+  if (snap === null) throw new Error('the VM stopped first');
+  const pieces: Buffer[] = [];
+  // The writer hands out views of memory that the next snapshot may change: copy them now.
+  writeVmSnapshot(vm, snap, (p) => pieces.push(...p.map((x) => Buffer.from(x))), Date.now());
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, Buffer.concat(pieces), { mode: 0o600 });
+  await rename(tmp, file);
+  return pieces.reduce((n, p) => n + p.byteLength, 0);
 }
