@@ -153,6 +153,8 @@ export type VcpuMessage =
       events: number | null;
       /** The folders frozen as at the cut (one subfolder per preopen), or why not; null: not asked. */
       disk: SnapshotDisk | null;
+      /** How long the guest was held for the copy (ms, from the unwind to the message). */
+      pauseMs: number;
     };
 
 export type SnapshotDisk = { dir: string; files: number; bytes: number } | { error: string };
@@ -331,7 +333,7 @@ function run(init: VcpuInit): VcpuResult {
     },
   );
   try {
-    const { result, memory } = runInstance(init, host, fs, (capture, hostState) => {
+    const { result, memory } = runInstance(init, host, fs, (capture, hostState, pausedAtMs) => {
       // Every call before the cut is in a whole frame of the log, so a backup restored from this
       // snapshot can take the stream from the frame that holds call `events`.
       host.recording?.flush();
@@ -347,6 +349,7 @@ function run(init: VcpuInit): VcpuResult {
         host: hostState,
         events: log === null ? null : log.events(),
         disk,
+        pauseMs: performance.now() - pausedAtMs,
       };
       // The copy of memory moves to the main thread instead of being copied again.
       port.postMessage(msg, [capture.memory.buffer as ArrayBuffer]);
@@ -412,7 +415,7 @@ function runInstance(
   init: VcpuInit,
   host: WasiHost,
   fs: FileSystem,
-  onSnapshot: (capture: Capture, hostState: HostState) => void,
+  onSnapshot: (capture: Capture, hostState: HostState, pausedAtMs: number) => void,
 ): { result: VcpuResult; memory: WebAssembly.Memory | null } {
   let instance: WebAssembly.Instance;
   const fail = (message: string): { result: VcpuResult; memory: null } => ({
@@ -463,10 +466,17 @@ function runInstance(
       (start as () => void)();
       if (asyncify.state !== 'unwinding') break;
       // The guest stopped at a host call's entry for a snapshot: keep it, then resume it at once.
+      const pausedAtMs = performance.now();
       const capture = asyncify.finishUnwind();
-      onSnapshot({ ...capture, memory: capture.memory, stack: capture.stack.slice() }, host.exportState());
       asyncify.resumeInPlace({ ...capture, memory: new Uint8Array(memory.buffer) });
       host.beginRewind();
+      // Still inside the pause (the guest runs again at the next start()): the copy of memory,
+      // the host table and the frozen disk are what the guest waits for.
+      onSnapshot(
+        { ...capture, memory: capture.memory, stack: capture.stack.slice() },
+        host.exportState(),
+        pausedAtMs,
+      );
     }
     return done({ type: 'result', stop: 'exit', exitCode: 0 });
   } catch (e) {

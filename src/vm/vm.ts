@@ -114,6 +114,8 @@ export interface VmSnapshot {
    * the VM has no freezeDir or no folders.
    */
   disk?: SnapshotDisk | null;
+  /** How long the guest was held for it (ms). */
+  pauseMs?: number;
 }
 
 /**
@@ -327,7 +329,13 @@ export class Vm {
         if (m.type === 'io') this.net?.onVcpuMessage(m.msg);
         else if (m.type === 'live') this.onVcpuLive(m.events);
         else if (m.type === 'snapshot')
-          this.onSnapshot({ capture: m.capture, host: m.host, events: m.events, disk: m.disk });
+          this.onSnapshot({
+            capture: m.capture,
+            host: m.host,
+            events: m.events,
+            disk: m.disk,
+            pauseMs: m.pauseMs,
+          });
         else result = m;
       });
       worker.on('error', (e) => {
