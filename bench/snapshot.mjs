@@ -98,7 +98,9 @@ w.header({
   createdAtMs: Date.now(),
 });
 w.machine({
-  globals: second.capture.globals.map((v) => (typeof v === 'bigint' ? { type: 'i64', value: v } : { type: 'f64', value: v })),
+  globals: second.capture.globals.map((v) =>
+    typeof v === 'bigint' ? { type: 'i64', value: v } : { type: 'f64', value: v },
+  ),
   stack: second.capture.stack,
   regionStart: second.capture.regionStart,
   regionEnd: second.capture.regionEnd,
