@@ -75,7 +75,7 @@ const memoryBytes = first.capture.memory.byteLength;
 
 // Size: full, then incremental after a few small writes.
 let fullBytes = 0;
-writeVmSnapshot(vm, first, (p) => (fullBytes += p.reduce((n, x) => n + x.byteLength, 0)), Date.now());
+await writeVmSnapshot(vm, first, (p) => (fullBytes += p.reduce((n, x) => n + x.byteLength, 0)), Date.now());
 const shadow = new ShadowDiff();
 shadow.diff(first.capture.memory);
 for (let i = 0; i < 20; i++) await r.set(`small:${i}`, `v${i}`);
@@ -91,6 +91,7 @@ w.header({
   env: vm.config.env,
   listenerCount: 1,
   preopenGuestPaths: ['/data'],
+  diskPreopens: 0,
   events: 0,
   memoryBytes: second.capture.memory.byteLength,
   blockBytes: SNAPSHOT_BLOCK_BYTES,

@@ -111,4 +111,28 @@ export interface HostBackend {
   removeVm(name: string): Promise<ApiResult<void>>;
   /** The tail of the VM's console log (stdout and stderr), at most `bytesMax` bytes. */
   vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>>;
+  /**
+   * Host to host: a snapshot of this host's FT primary for the backup the
+   * placement names (the live clone), and where in the log that backup's
+   * stream starts. Only the primary's host answers.
+   */
+  cloneVm(name: string, req: CloneRequest): Promise<ApiResult<CloneAnswer>>;
+  /**
+   * A snapshot file of the running VM (docs/SNAPSHOT-FORMAT.md), with its
+   * disk as at the cut. Only the primary's host answers.
+   */
+  snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>>;
+}
+
+export interface CloneRequest {
+  backup: string;
+  incarnation: string;
+  generation: number;
+}
+
+export interface CloneAnswer {
+  /** The log position the snapshot matches: the backup asks the channel for the stream from here. */
+  start: { offset: number; events: number };
+  /** The snapshot stream (docs/SNAPSHOT-FORMAT.md). */
+  body: Buffer[];
 }

@@ -8,7 +8,14 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { inspect } from 'node:util';
-import type { ApiResult, CreateVmRequest, HostBackend, HostStatus, VmStatus } from './backend.js';
+import type {
+  ApiResult,
+  CreateVmRequest,
+  HostBackend,
+  HostStatus,
+  VmStatus,
+  CloneAnswer,
+} from './backend.js';
 import { ApiClient, parseEndpoint } from './client.js';
 import { startApiServer, type ApiServer } from './server.js';
 
@@ -103,6 +110,12 @@ class FakeBackend implements HostBackend {
     return this.vms.delete(name)
       ? { ok: true, value: undefined }
       : { ok: false, error: { code: 'not-found', message: `no VM ${name}` } };
+  }
+  async snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>> {
+    return { ok: false, error: { code: 'conflict', message: `${name} does not run here` } };
+  }
+  async cloneVm(name: string): Promise<ApiResult<CloneAnswer>> {
+    return { ok: false, error: { code: 'conflict', message: `${name} is not an FT primary here` } };
   }
   async vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>> {
     if (!this.vms.has(name)) return { ok: false, error: { code: 'not-found', message: `no VM ${name}` } };

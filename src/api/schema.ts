@@ -140,6 +140,16 @@ export const CreateVmRequestSchema = Type.Object(
 /** Path parameters of every /v1/vms/:name route and of the primary health check. */
 export const VmNameParamsSchema = Type.Object({ name: NameSchema }, { additionalProperties: false });
 
+/** POST /v1/vms/:name/clone (host to host): which backup asks, at which generation. */
+export const CloneRequestSchema = Type.Object(
+  {
+    backup: NameSchema,
+    incarnation: Type.String({ minLength: 1, maxLength: 64 }),
+    generation: Type.Integer({ minimum: 1 }),
+  },
+  { additionalProperties: false },
+);
+
 /**
  * `?bytes=N` of the logs route. A digit string rather than an integer: the
  * server's ajv does not coerce types (so `"ft":"true"` stays an error in

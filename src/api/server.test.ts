@@ -18,6 +18,7 @@ import type {
   HostInfo,
   HostStatus,
   VmStatus,
+  CloneAnswer,
 } from './backend.js';
 import { ApiErrorBodySchema, HostStatusListSchema, VmStatusListSchema, VmStatusSchema } from './schema.js';
 import {
@@ -104,6 +105,12 @@ class FakeBackend implements HostBackend {
         return { ok: false, error: { code: 'not-found', message: `no VM ${name}` } };
       return { ok: true, value: undefined };
     });
+  }
+  async snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>> {
+    return { ok: false, error: { code: 'conflict', message: `${name} does not run here` } };
+  }
+  async cloneVm(name: string): Promise<ApiResult<CloneAnswer>> {
+    return { ok: false, error: { code: 'conflict', message: `${name} is not an FT primary here` } };
   }
   async vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>> {
     return this.gate(() => {

@@ -36,11 +36,15 @@ import {
   type FastifySchemaValidationError,
 } from 'fastify';
 import { pino, type Logger } from 'pino';
-import type { ApiErrorCode, ApiResult, CreateVmRequest, HostBackend } from './backend.js';
+import type { ApiErrorCode, ApiResult, CloneRequest, CreateVmRequest, HostBackend } from './backend.js';
+
+/** The clone answer's header: "OFFSET,EVENTS", where the backup's log stream starts. */
+export const CLONE_START_HEADER = 'x-lockstep-clone-start';
 import {
   CreateVmRequestSchema,
   VmLogsQuerySchema,
   VmNameParamsSchema,
+  CloneRequestSchema,
   type ApiErrorBody,
   type HealthResponse,
   type PrimaryResponse,
@@ -268,6 +272,26 @@ export async function startApiServer(
 
   app.delete<{ Params: { name: string } }>('/v1/vms/:name', nameRoute, async (req, reply) =>
     sendResult(reply, await backend.removeVm(req.params.name), 204),
+  );
+
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/snapshot', nameRoute, async (req, reply) => {
+    const result = await backend.snapshotVm(req.params.name);
+    if (!result.ok) return sendResult(reply, result, 200);
+    return reply.code(200).type('application/octet-stream').send(Buffer.concat(result.value.body));
+  });
+
+  app.post<{ Params: { name: string }; Body: CloneRequest }>(
+    '/v1/vms/:name/clone',
+    { schema: { params: VmNameParamsSchema, body: CloneRequestSchema } },
+    async (req, reply) => {
+      const result = await backend.cloneVm(req.params.name, req.body);
+      if (!result.ok) return sendResult(reply, result, 200);
+      return reply
+        .code(200)
+        .header(CLONE_START_HEADER, `${result.value.start.offset},${result.value.start.events}`)
+        .type('application/octet-stream')
+        .send(Buffer.concat(result.value.body));
+    },
   );
 
   app.get<{ Params: { name: string }; Querystring: { bytes?: string } }>(

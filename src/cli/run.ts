@@ -7,7 +7,8 @@
  * 2 for usage errors.
  */
 import path from 'node:path';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import { rename, writeFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Vm, MEMORY_MAX_MIB_DEFAULT, type VmLog, type VmOutcome, type VmSnapshot } from '../vm/vm.js';
@@ -249,21 +250,42 @@ export function printListening(addresses: ListenSpec[]): void {
 async function runCommand(wasm: string, args: string[], opts: RunCliOptions): Promise<number> {
   let restore: ReadVmSnapshotResult | null = null;
   if (opts.from !== undefined) {
+    // A snapshot's disk (from `vm snapshot`) is read into a staging folder beside --disk, then
+    // moved in: --disk must be empty or absent, so nothing of the user's is overwritten.
+    const stagingParent = opts.disk !== undefined ? path.dirname(path.resolve(opts.disk)) : os.tmpdir();
+    const staging = mkdtempSync(path.join(stagingParent, '.lockstep-restore-'));
     try {
-      restore = await readVmSnapshot(createReadStream(opts.from));
-    } catch (e) {
-      process.stderr.write(`lockstep: cannot read the snapshot ${opts.from}: ${(e as Error).message}\n`);
-      return EXIT_REFUSED;
-    }
-    if (!restore.ok) {
-      process.stderr.write(`lockstep: snapshot ${opts.from} refused (${restore.code}): ${restore.message}\n`);
-      return EXIT_REFUSED;
+      try {
+        restore = await readVmSnapshot(createReadStream(opts.from), { diskInto: staging });
+      } catch (e) {
+        process.stderr.write(`lockstep: cannot read the snapshot ${opts.from}: ${(e as Error).message}\n`);
+        return EXIT_REFUSED;
+      }
+      if (!restore.ok) {
+        process.stderr.write(
+          `lockstep: snapshot ${opts.from} refused (${restore.code}): ${restore.message}\n`,
+        );
+        return EXIT_REFUSED;
+      }
+      if (restore.header.diskPreopens > 0) {
+        const why = moveRestoredDisk(path.join(staging, '0'), opts.disk);
+        if (why !== null) {
+          process.stderr.write(`lockstep: snapshot ${opts.from}: ${why}\n`);
+          return EXIT_REFUSED;
+        }
+      }
+    } finally {
+      rmSync(staging, { recursive: true, force: true });
     }
   }
+  // A restored guest keeps the arguments and environment it started with (it may hold copies of
+  // them in its memory); ones given here must be the same, or the snapshot is refused below.
+  const given = args.length > 0 || opts.env.length > 0;
+  const restored = restore?.ok === true && !given ? restore.header : null;
   const vm = await loadVmForCli(
     wasm,
-    [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
-    opts,
+    restored?.args ?? [path.basename(wasm).replace(/\.wasm$/, ''), ...args],
+    restored === null ? opts : { ...opts, env: restored.env },
     null,
     restore?.ok === true ? restore.snapshot : null,
   );
@@ -306,6 +328,22 @@ async function runCommand(wasm: string, args: string[], opts: RunCliOptions): Pr
 }
 
 /**
+ * Moves a snapshot's restored /data folder to --disk, which must be given and
+ * be empty or absent. Returns why not, or null.
+ */
+function moveRestoredDisk(from: string, disk: string | undefined): string | null {
+  if (disk === undefined)
+    return "it carries the VM's disk: give --disk DIR (an empty or absent folder) to restore it into";
+  const to = path.resolve(disk);
+  if (existsSync(to)) {
+    if (readdirSync(to).length > 0) return `--disk ${disk} must be empty to receive the snapshot's disk`;
+    rmSync(to, { recursive: true });
+  }
+  renameSync(from, to);
+  return null;
+}
+
+/**
  * Takes a snapshot of `vm` and writes it to `file` (mode 0600, through a
  * temporary file renamed into place, so a reader never sees half of one).
  * Resolves with its size in bytes.
@@ -315,7 +353,7 @@ async function writeSnapshotFile(vm: Vm, file: string): Promise<number> {
   if (snap === null) throw new Error('the VM stopped first');
   const pieces: Buffer[] = [];
   // The writer hands out views of memory that the next snapshot may change: copy them now.
-  writeVmSnapshot(vm, snap, (p) => pieces.push(...p.map((x) => Buffer.from(x))), Date.now());
+  await writeVmSnapshot(vm, snap, (p) => pieces.push(...p.map((x) => Buffer.from(x))), Date.now());
   const tmp = `${file}.tmp-${process.pid}`;
   await writeFile(tmp, Buffer.concat(pieces), { mode: 0o600 });
   await rename(tmp, file);

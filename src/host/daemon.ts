@@ -52,6 +52,8 @@ import {
 } from '../coord/records.js';
 import type {
   ApiResult,
+  CloneAnswer,
+  CloneRequest,
   CreateVmRequest,
   HostBackend,
   HostInfo,
@@ -295,6 +297,7 @@ export class HostDaemon implements HostBackend {
       incarnation: this.incarnation,
       log: this.log.child({ part: 'ft' }),
       lagBoundMs: this.opts.ftLagBoundMs ?? 500,
+      apiToken: this.cluster.tokenHex,
       linkDelayMs: this.opts.ftLinkDelayMs ?? 0,
       changed: () => {
         // Protection changes go out at once: a backup may go live only once it is reported caught up.
@@ -1349,6 +1352,31 @@ export class HostDaemon implements HostBackend {
     }
     this.reconcileSoon();
     return { ok: true, value: undefined };
+  }
+
+  async snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>> {
+    const l = this.localVms.get(name);
+    if (l === undefined || l.roleName !== 'primary' || l.state !== 'running')
+      return {
+        ok: false,
+        error: { code: 'conflict', message: `this host does not run ${name} as its primary` },
+      };
+    const r = await l.snapshotFile();
+    if (typeof r === 'string') return { ok: false, error: { code: 'conflict', message: r } };
+    return { ok: true, value: { body: r } };
+  }
+
+  async cloneVm(name: string, req: CloneRequest): Promise<ApiResult<CloneAnswer>> {
+    const l = this.localVms.get(name);
+    if (l === undefined || l.roleName !== 'primary')
+      return { ok: false, error: { code: 'conflict', message: `this host is not ${name}'s primary` } };
+    const r = await l.clone(req.backup, req.incarnation, req.generation);
+    if (typeof r === 'string') return { ok: false, error: { code: 'conflict', message: r } };
+    this.log.info(
+      { vm: name, backup: req.backup, start: r.start },
+      `${name}: clone for ${req.backup} at call ${r.start.events} (${r.body.reduce((n, b) => n + b.byteLength, 0)} bytes)`,
+    );
+    return { ok: true, value: r };
   }
 
   async vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>> {

@@ -25,17 +25,20 @@
  * - stop() with discardOutputs holds every network output first: nothing the
  *   VM computed after losing its generation leaves the host.
  */
-import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { VmRunState, VmSpec } from '../coord/records.js';
-import { Vm, type VmOutcome } from '../vm/vm.js';
+import { Vm, type VmOutcome, type VmSnapshot } from '../vm/vm.js';
 import { StopReason } from '../vm/wasi/signals.js';
 import { parseListen } from '../io/net-device.js';
 import { FtBackupSide, FtPrimarySide, type Protection } from './ft-pair.js';
 import type { FtLinkServer, FtLogger } from '../io/ft-link.js';
 import type { HostRecord } from '../coord/records.js';
 import type { ServiceAddresses } from './vip.js';
+import type { StreamPosition } from '../ft/channel.js';
+import { readVmSnapshot, writeVmSnapshot } from '../snapshot/vm-snapshot.js';
+import { fetchClone } from './clone-fetch.js';
 
 /** What a host gives its FT VMs: its channel listener and identity. */
 export interface FtServices {
@@ -46,6 +49,8 @@ export interface FtServices {
   incarnation: string;
   log: FtLogger;
   lagBoundMs: number;
+  /** The cluster's API token: a backup fetches its clone from the primary's host API with it. */
+  apiToken: string;
   /** TESTING ONLY: delay every frame a backup receives (widens windows for the planted-bug tests). */
   linkDelayMs: number;
   /** Something about protection changed: the daemon reconciles and reports. */
@@ -55,6 +60,9 @@ export interface FtServices {
 /** How a VM runs here: alone, or as one member of an FT pair. */
 export type LocalRole =
   { kind: 'plain' } | { kind: 'ft-primary' } | { kind: 'ft-backup'; primary: HostRecord; ftBase: string };
+
+/** How long a backup waits for its primary's host to send a clone. */
+const CLONE_FETCH_TIMEOUT_MS = 60_000;
 
 /** How long an offered backup may take to attach before it counts as lost. */
 export const FT_ATTACH_TIMEOUT_MS = 20_000;
@@ -218,6 +226,68 @@ export class LocalVm {
     void this.claimAddress();
   }
 
+  /** A snapshot file of the running VM, with its disk as at the cut (`lockstep vm snapshot`). */
+  async snapshotFile(): Promise<Buffer[] | string> {
+    const vm = this.vm;
+    if (vm === null || this.state !== 'running') return `${this.spec.name} is not running here`;
+    if (this.cloning) return `a snapshot of ${this.spec.name} is being made already`;
+    this.cloning = true;
+    try {
+      const snap = await vm.snapshot();
+      if (snap === null) return `${this.spec.name} stopped`;
+      if (snap.disk != null && 'error' in snap.disk) return `cannot freeze the disk: ${snap.disk.error}`;
+      const body: Buffer[] = [];
+      await writeVmSnapshot(vm, snap, (p) => body.push(...p.map((x) => Buffer.from(x))), Date.now(), {
+        diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
+      });
+      return body;
+    } finally {
+      vm.thawSnapshotDisk();
+      this.cloning = false;
+    }
+  }
+
+  /** Whether a clone is being made now (one at a time). */
+  private cloning = false;
+
+  /**
+   * FT primary: a snapshot of the running VM for the backup it offered
+   * (`backup` at `incarnation`, at `generation`), with its disk as at the
+   * cut, and the log position the backup's stream starts from. The offer
+   * came first, so every output from the cut on waits for that backup.
+   */
+  async clone(
+    backup: string,
+    incarnation: string,
+    generation: number,
+  ): Promise<{ start: StreamPosition; body: Buffer[] } | string> {
+    const ps = this.pside;
+    const vm = this.vm;
+    if (ps === null || vm === null || this.state !== 'running')
+      return `${this.spec.name} is not an FT primary here`;
+    const o = this.offered;
+    if (o === null || o.backup !== backup || o.incarnation !== incarnation || o.generation !== generation)
+      return `${this.spec.name} is not offered to ${backup} (incarnation ${incarnation}) at generation ${generation}`;
+    if (this.cloning) return `a clone of ${this.spec.name} is being made already`;
+    this.cloning = true;
+    try {
+      const snap = await vm.snapshot();
+      if (snap === null) return `${this.spec.name} stopped`;
+      if (snap.events === null) throw new Error('assertion: an FT primary snapshot has a log position');
+      if (snap.disk != null && 'error' in snap.disk) return `cannot freeze the disk: ${snap.disk.error}`;
+      const start = await ps.cloneStart(snap.events);
+      const body: Buffer[] = [];
+      // The writer hands out views of memory and files: copy them as they come.
+      await writeVmSnapshot(vm, snap, (p) => body.push(...p.map((x) => Buffer.from(x))), Date.now(), {
+        diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
+      });
+      return { start, body };
+    } finally {
+      vm.thawSnapshotDisk();
+      this.cloning = false;
+    }
+  }
+
   /**
    * FT backup: it won `generation` and the old primary is fenced. Replays what
    * it received, goes live at the service address, and runs on as a primary
@@ -292,8 +362,23 @@ export class LocalVm {
     try {
       await mkdir(this.dir, { recursive: true });
       const role = this.role;
+      // A backup starts from a snapshot of the running primary (the live clone), with the disk as
+      // it was at the snapshot; the log stream then starts at the snapshot's call.
+      let clone: { snapshot: VmSnapshot; start: StreamPosition } | null = null;
+      if (role.kind === 'ft-backup') {
+        const c = await this.fetchCloneFrom(role.primary);
+        if (typeof c === 'string') {
+          this.startError = c;
+          return this.finish('failed', c, null, consoleFd);
+        }
+        clone = c;
+      }
       const disk =
-        role.kind === 'ft-backup' ? await this.prepareBackupDisk(role.ftBase) : await this.prepareDisk();
+        role.kind === 'ft-backup'
+          ? this.spec.disk === null
+            ? null
+            : path.join(this.dir, 'disk')
+          : await this.prepareDisk();
       if (role.kind === 'ft-primary' && disk !== null) {
         // The log starts here, so a backup must start from this very disk: keep a copy.
         await rm(this.ftBasePath, { recursive: true, force: true });
@@ -315,6 +400,9 @@ export class LocalVm {
         cpuBudget: null,
         stdioFds: { stdout: consoleFd, stderr: consoleFd },
         instrumentInWorker: true,
+        // Snapshots (clones for new backups) freeze the disk here while it is copied.
+        freezeDir: path.join(this.dir, 'frozen'),
+        restore: clone?.snapshot ?? null,
         ...(role.kind === 'ft-primary'
           ? { log: { mode: 'ft-primary' as const } }
           : role.kind === 'ft-backup'
@@ -369,6 +457,9 @@ export class LocalVm {
           primaryIncarnation: role.primary.incarnation,
           generation: this.generation,
           log: ft.log,
+          ...(clone !== null
+            ? { clone: { start: clone.start, prefix: Vm.logPrefix(loaded.vm.logHeader()) } }
+            : {}),
           onPrimaryLost: () => {
             this.primaryLost = true;
             ft.changed();
@@ -406,6 +497,40 @@ export class LocalVm {
     void this.bside?.close();
     // Clients go to whichever host holds the address next, not to a copy that is stopping.
     this.releaseAddress();
+  }
+
+  /**
+   * FT backup: fetches a snapshot of the running primary from its host
+   * (src/host/clone-fetch.ts) and reads it, with its disk, into this VM's
+   * folder. Returns the snapshot and the log position it matches, or why not.
+   */
+  private async fetchCloneFrom(
+    primary: HostRecord,
+  ): Promise<{ snapshot: VmSnapshot; start: StreamPosition } | string> {
+    const ft = this.ft;
+    if (ft === null) return 'no FT services on this host';
+    const f = await fetchClone(
+      primary.api,
+      ft.apiToken,
+      this.spec.name,
+      { backup: ft.self, incarnation: ft.incarnation, generation: this.generation },
+      CLONE_FETCH_TIMEOUT_MS,
+    );
+    if (!f.ok) return `cannot clone from ${primary.name}: ${f.message}`;
+    const staging = path.join(this.dir, 'clone-disk');
+    await rm(staging, { recursive: true, force: true });
+    await rm(this.ftBasePath, { recursive: true, force: true });
+    const r = await readVmSnapshot(f.body, { diskInto: staging });
+    if (!r.ok) return `the clone from ${primary.name} was refused (${r.code}): ${r.message}`;
+    if (this.spec.disk !== null) {
+      const disk = path.join(this.dir, 'disk');
+      await rm(disk, { recursive: true, force: true });
+      await mkdir(path.join(staging, '0'), { recursive: true });
+      await rename(path.join(staging, '0'), disk);
+      await writeFile(path.join(this.dir, 'disk.generation'), `${this.generation}\n`);
+    }
+    await rm(staging, { recursive: true, force: true });
+    return { snapshot: r.snapshot, start: f.start };
   }
 
   /** Why a start ended early (an FT backup that could not attach), for the failed state. */

@@ -5,28 +5,49 @@
  *
  *   file     := magic(8) version(u16) flags(u16) frame*
  *   frame    := kind(u8) bodyLen(varint) body crc32(u32, over kind..body), as in the event log
- *   frames   := HEADER MACHINE HOST BLOCKS* TRAILER, in exactly this order
- *   HEADER   := what the VM is (module, limits, args, env, listeners, preopens) and where the
- *               cut is (log position, memory size, block size, the base image of an increment)
+ *   frames   := HEADER MACHINE HOST DISK* BLOCKS* TRAILER, in exactly this order
+ *   HEADER   := what the VM is (module, limits, args, env, listeners, preopens, how many preopens
+ *               the disk covers) and where the cut is (log position, memory size, block size,
+ *               the base image of an increment)
  *   MACHINE  := mutable globals, the asyncify stack and region, the clocks as last seen
  *   HOST     := the WASI host's resource table, opaque here
+ *   DISK     := entries of the preopened folders as at the cut (directories, symlinks, chunks of
+ *               regular files), depth first in byte order of names, parents before children
  *   BLOCKS   := runs of consecutive memory blocks, in increasing block order
- *   TRAILER  := the block count and the SHA-256 of the whole memory image the snapshot yields
+ *   TRAILER  := the block count and SHA-256 of the memory image; the disk's entry and byte
+ *               counts and the SHA-256 of its DISK bodies
  *
  * Invariants:
  * - Streamable both ways: SnapshotWriter hands each frame to a sink as it is made (memory blocks
- *   as views, never a copy of the whole image), and SnapshotReader yields each frame as soon as
- *   its checksum holds, holding at most one frame (bounded by SNAPSHOT_FRAME_BODY_BYTES_MAX).
- * - A snapshot is usable only whole: the TRAILER's SHA-256 over the rebuilt memory is the final
- *   word, so readSnapshot never returns a partial image.
+ *   as views, never a copy of the whole image; files read in chunks of about 1 MiB), and
+ *   SnapshotReader yields each frame as soon as its checksum holds and its entries obey the
+ *   rules, holding at most one frame (bounded by SNAPSHOT_FRAME_BODY_BYTES_MAX, and by
+ *   DISK_FRAME_BODY_BYTES_MAX for DISK frames).
+ * - A snapshot is usable only whole: the TRAILER's SHA-256 over the rebuilt memory and over the
+ *   disk stream is the final word, so readSnapshot never returns a partial image, and removes
+ *   the folders it materialized when the snapshot turns out unusable.
+ * - The disk cannot reach outside its folder: every DISK path is relative, made of plain names,
+ *   and under a directory the same snapshot created before, checked before anything touches
+ *   the file system.
  * - Incremental snapshots chain by content: HEADER.base is the SHA-256 of the memory image the
  *   blocks apply to, which is the TRAILER hash of the snapshot before it.
  * - Expected failures (bad input) are values with a code and a message naming the byte offset;
- *   only host bugs (a writer used out of order, impossible values) throw.
+ *   only host bugs (a writer used out of order, impossible values) throw, and I/O errors
+ *   (a stream, a folder) propagate as exceptions.
  * - The damage rule: with the preamble intact, a file cut short is 'truncated' and a file with a
  *   flipped bit is 'corrupt' (see SnapshotReader.end for the one ambiguous case and its rule).
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
+import {
+  closeSync,
+  constants as fsConstants,
+  mkdirSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  writeSync,
+} from 'node:fs';
+import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter, DecodeError } from '../core/bytes.js';
 import { framePrefix } from '../ft/log/format.js';
@@ -35,13 +56,14 @@ export const SNAPSHOT_MAGIC = Uint8Array.of(0x89, 0x4c, 0x53, 0x53, 0x4e, 0x50, 
 export const SNAPSHOT_VERSION = 1;
 export const SNAPSHOT_PREAMBLE_BYTES = 12;
 
-export const SnapshotFrameKind = { HEADER: 1, MACHINE: 2, HOST: 3, BLOCKS: 4, TRAILER: 5 } as const;
+export const SnapshotFrameKind = { HEADER: 1, MACHINE: 2, HOST: 3, BLOCKS: 4, TRAILER: 5, DISK: 6 } as const;
 const KIND_NAMES: Record<number, string> = {
   1: 'HEADER',
   2: 'MACHINE',
   3: 'HOST',
   4: 'BLOCKS',
   5: 'TRAILER',
+  6: 'DISK',
 };
 
 /** The wasm page: linear memory grows in these, so memoryBytes is always a multiple. */
@@ -61,8 +83,11 @@ const BLOCK_BYTES_MAX = WASM_PAGE_BYTES;
 export const SNAPSHOT_FRAME_BODY_BYTES_MAX = 64 * 1024 * 1024;
 /** Writers close a BLOCKS frame once its block data reaches this size. */
 export const BLOCKS_FRAME_BODY_BYTES_TARGET = 1024 * 1024;
-/** The TRAILER body is fixed: blocks u32, memorySha256. A reader refuses any other length at once. */
-export const TRAILER_BODY_BYTES = 4 + 32;
+/**
+ * The TRAILER body is fixed: blocks u32, memorySha256, diskEntries u32, diskBytes u64,
+ * diskSha256. A reader refuses any other length at once.
+ */
+export const TRAILER_BODY_BYTES = 4 + 32 + 4 + 8 + 32;
 const TRAILER_FRAME_BYTES = 1 + 1 + TRAILER_BODY_BYTES + 4;
 /** The guest clocks whose last values MACHINE carries: WASI clock ids 0..3. */
 export const SNAPSHOT_CLOCK_COUNT = 4;
@@ -71,6 +96,29 @@ export const SNAPSHOT_CLOCK_COUNT = 4;
  * src/vm/instrument/asyncify.ts): the region must hold it and the stack, or a rewind asserts.
  */
 const ASYNCIFY_HEADER_BYTES = 8;
+
+/**
+ * The largest DISK frame body: writers fill DISK frames up to it and a reader refuses a longer
+ * one as soon as it reads the length, so a reader holds at most 1 MiB of a file at once.
+ */
+export const DISK_FRAME_BODY_BYTES_MAX = 1024 * 1024;
+/** The longest DISK path, in UTF-8 bytes (Linux's PATH_MAX; the guest itself reaches 3072). */
+export const DISK_PATH_BYTES_MAX = 4096;
+/** The longest name (path component) in a DISK path, in UTF-8 bytes (Linux's NAME_MAX). */
+export const DISK_NAME_BYTES_MAX = 255;
+/** The longest symlink target, in UTF-8 bytes (the guest's own limit, PATH_BYTES_MAX). */
+export const DISK_SYMLINK_TARGET_BYTES_MAX = 4096;
+/** The largest regular file (8 TiB, the guest's FILE_SIZE_MAX_BYTES). */
+export const DISK_FILE_BYTES_MAX = 2 ** 43;
+/** The entry types of DISK entries. */
+export const DiskEntryType = { DIRECTORY: 1, FILE: 2, SYMLINK: 3 } as const;
+/**
+ * A writer starts a new DISK frame rather than put a file chunk smaller than this at the end of
+ * a frame (unless the file's rest is that small), so big files go in chunks of about 1 MiB.
+ */
+const DISK_CHUNK_BYTES_MIN = 64 * 1024;
+/** Restarts of one file's read (its inode replaced each time) before the writer gives up. */
+const DISK_FILE_RESTARTS_MAX = 100;
 
 /** Limits on decoded lists and strings, so a well-checksummed but absurd frame cannot exhaust memory. */
 const STRING_BYTES_MAX = 1 << 20;
@@ -89,6 +137,22 @@ function isSha256(b: unknown): b is Uint8Array {
 /** A plain Uint8Array view of the same bytes (readers may be fed Buffers; frames hand out Uint8Arrays). */
 function plain(b: Uint8Array): Uint8Array {
   return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/**
+ * Strict UTF-8 that keeps a leading U+FEFF: the default TextDecoder drops a byte order mark, so
+ * a name or argument starting with one would not come back as it went.
+ */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** A varint-length-prefixed UTF-8 string of at most maxBytes bytes; throws DecodeError. */
+function readString(r: ByteReader, maxBytes: number): string {
+  const b = r.lenBytes(maxBytes);
+  try {
+    return utf8.decode(b);
+  } catch {
+    throw new DecodeError('invalid UTF-8');
+  }
 }
 
 function hex(b: Uint8Array): string {
@@ -154,6 +218,11 @@ export interface SnapshotHeader {
   /** Guest paths of the preopened folders, in fd order. */
   preopenGuestPaths: string[];
   /**
+   * How many preopens the DISK frames cover: preopens 0 .. diskPreopens-1, at most
+   * preopenGuestPaths.length. 0 for a snapshot without a disk.
+   */
+  diskPreopens: number;
+  /**
    * The log position: host calls completed before the cut. The cut is at the entry of call
    * number `events`, which the resumed VM performs first.
    */
@@ -195,6 +264,12 @@ export interface SnapshotTrailer {
   blocks: number;
   /** SHA-256 of the whole memory image: the base (or zeros) with every block applied. */
   memorySha256: Uint8Array;
+  /** Directories, regular files and symlinks in all DISK frames (a file counts once, however many chunks). */
+  diskEntries: number;
+  /** Bytes of file content in all DISK frames. */
+  diskBytes: number;
+  /** SHA-256 of the DISK frames' bodies, concatenated in order (of the empty string without a disk). */
+  diskSha256: Uint8Array;
 }
 
 /** Consecutive blocks firstBlock .. firstBlock+count-1; `bytes` holds count*blockBytes bytes. */
@@ -225,6 +300,10 @@ function checkHeader(h: SnapshotHeader): void {
   check(validBlockBytes(h.blockBytes), `blockBytes ${h.blockBytes} is a power of two in 4 KiB .. 64 KiB`);
   check(h.args.length <= LIST_MAX && h.env.length <= LIST_MAX, 'args and env are within the list limit');
   check(h.preopenGuestPaths.length <= LIST_MAX, 'preopens are within the list limit');
+  check(
+    Number.isInteger(h.diskPreopens) && h.diskPreopens >= 0 && h.diskPreopens <= h.preopenGuestPaths.length,
+    `diskPreopens ${h.diskPreopens} is at most the ${h.preopenGuestPaths.length} preopens`,
+  );
 }
 
 function validBlockBytes(n: number): boolean {
@@ -244,6 +323,7 @@ export function encodeHeader(h: SnapshotHeader): Uint8Array {
   w.varint(h.listenerCount);
   w.varint(h.preopenGuestPaths.length);
   for (const s of h.preopenGuestPaths) w.string(s);
+  w.varint(h.diskPreopens);
   w.varint(h.events);
   w.varint(h.memoryBytes);
   w.varint(h.blockBytes);
@@ -267,6 +347,7 @@ export function decodeHeader(body: Uint8Array): SnapshotHeader {
   for (let k = 0; k < 2; k++) lists.push(stringList(r));
   const listenerCount = r.varint();
   const preopenGuestPaths = stringList(r);
+  const diskPreopens = r.varint();
   const events = r.varint();
   const memoryBytes = r.varint();
   const blockBytes = r.varint();
@@ -282,6 +363,11 @@ export function decodeHeader(body: Uint8Array): SnapshotHeader {
     );
   }
   if (!validBlockBytes(blockBytes)) throw new DecodeError(`block size ${blockBytes} is not supported`);
+  if (diskPreopens > preopenGuestPaths.length) {
+    throw new DecodeError(
+      `the disk covers ${diskPreopens} preopens but the VM has ${preopenGuestPaths.length}`,
+    );
+  }
   return {
     moduleSha256,
     memoryMaxPages,
@@ -290,6 +376,7 @@ export function decodeHeader(body: Uint8Array): SnapshotHeader {
     env: lists[1]!,
     listenerCount,
     preopenGuestPaths,
+    diskPreopens,
     events,
     memoryBytes,
     blockBytes,
@@ -302,7 +389,7 @@ function stringList(r: ByteReader): string[] {
   const n = r.varint();
   if (n > LIST_MAX) throw new DecodeError(`a list of ${n} strings exceeds ${LIST_MAX}`);
   const out: string[] = [];
-  for (let i = 0; i < n; i++) out.push(r.string(STRING_BYTES_MAX));
+  for (let i = 0; i < n; i++) out.push(readString(r, STRING_BYTES_MAX));
   return out;
 }
 
@@ -426,10 +513,19 @@ export function decodeMachine(body: Uint8Array, memoryBytes: number): SnapshotMa
 
 export function encodeTrailer(t: SnapshotTrailer): Uint8Array {
   check(isSha256(t.memorySha256), 'memorySha256 is 32 bytes');
+  check(isSha256(t.diskSha256), 'diskSha256 is 32 bytes');
   check(Number.isInteger(t.blocks) && t.blocks >= 0 && t.blocks <= 0xffffffff, 'block count is a u32');
+  check(
+    Number.isInteger(t.diskEntries) && t.diskEntries >= 0 && t.diskEntries <= 0xffffffff,
+    'disk entry count is a u32',
+  );
+  check(Number.isSafeInteger(t.diskBytes) && t.diskBytes >= 0, 'disk byte count is a safe integer');
   const w = new ByteWriter(TRAILER_BODY_BYTES);
   w.u32(t.blocks);
   w.bytes(t.memorySha256);
+  w.u32(t.diskEntries);
+  w.u64(BigInt(t.diskBytes));
+  w.bytes(t.diskSha256);
   return w.take();
 }
 
@@ -437,8 +533,13 @@ export function decodeTrailer(body: Uint8Array): SnapshotTrailer {
   const r = new ByteReader(body);
   const blocks = r.u32();
   const memorySha256 = new Uint8Array(r.bytes(32));
+  const diskEntries = r.u32();
+  const diskBytes = r.u64();
+  const diskSha256 = new Uint8Array(r.bytes(32));
   if (r.remaining !== 0) throw new DecodeError('trailing bytes in the trailer');
-  return { blocks, memorySha256 };
+  if (diskBytes > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new DecodeError(`${diskBytes} disk bytes exceed 2^53`);
+  return { blocks, memorySha256, diskEntries, diskBytes: Number(diskBytes), diskSha256 };
 }
 
 /**
@@ -476,20 +577,240 @@ export function decodeBlocks(
   return runs;
 }
 
+// ---------------------------------------------------------------- the disk
+
+/**
+ * One DISK entry as a reader yields it. A regular file is one or more 'file' entries: the first
+ * at offset 0 (with no bytes for an empty file), each next one continuing the previous one at
+ * the offset where it ended. `bytes` is a view into the frame.
+ */
+export type DiskEntry =
+  | { preopen: number; path: string; type: 'directory' }
+  | { preopen: number; path: string; type: 'file'; offset: number; bytes: Uint8Array }
+  | { preopen: number; path: string; type: 'symlink'; target: string };
+
+/**
+ * Why `path` cannot be a DISK path, or null when it can: a DISK path is relative, '/'-separated,
+ * at most DISK_PATH_BYTES_MAX bytes of UTF-8, and each of its names is non-empty, not '.' or
+ * '..', without NUL and at most DISK_NAME_BYTES_MAX bytes. Under a folder, such a path can only
+ * name something inside it (the reader also checks that its parents are directories).
+ */
+export function diskPathProblem(path: string): string | null {
+  if (path.length === 0) return 'is empty';
+  if (path.startsWith('/')) return 'is absolute';
+  if (path.includes('\0')) return 'contains NUL';
+  if (Buffer.byteLength(path, 'utf8') > DISK_PATH_BYTES_MAX) {
+    return `is longer than ${DISK_PATH_BYTES_MAX} bytes`;
+  }
+  for (const name of path.split('/')) {
+    if (name === '') return 'has an empty name';
+    if (name === '.' || name === '..') return `has a '${name}' name`;
+    if (Buffer.byteLength(name, 'utf8') > DISK_NAME_BYTES_MAX) {
+      return `has a name longer than ${DISK_NAME_BYTES_MAX} bytes`;
+    }
+  }
+  return null;
+}
+
+/** Why `target` cannot be a symlink target, or null: non-empty, no NUL, at most 4096 bytes. */
+function symlinkTargetProblem(target: string): string | null {
+  if (target.length === 0) return 'is empty';
+  if (target.includes('\0')) return 'contains NUL';
+  if (Buffer.byteLength(target, 'utf8') > DISK_SYMLINK_TARGET_BYTES_MAX) {
+    return `is longer than ${DISK_SYMLINK_TARGET_BYTES_MAX} bytes`;
+  }
+  return null;
+}
+
+/** A DISK entry's encoding up to its data: preopen, path, type, and the type's fields. */
+function diskEntryHead(
+  preopen: number,
+  pathBytes: Uint8Array,
+  e:
+    | { type: 'directory' }
+    | { type: 'file'; offset: number; length: number }
+    | { type: 'symlink'; target: Uint8Array },
+): Uint8Array {
+  const w = new ByteWriter(32 + pathBytes.byteLength);
+  w.varint(preopen);
+  w.lenBytes(pathBytes);
+  switch (e.type) {
+    case 'directory':
+      w.u8(DiskEntryType.DIRECTORY);
+      break;
+    case 'file':
+      w.u8(DiskEntryType.FILE);
+      w.varint(e.offset);
+      w.varint(e.length);
+      break;
+    case 'symlink':
+      w.u8(DiskEntryType.SYMLINK);
+      w.lenBytes(e.target);
+      break;
+  }
+  return w.take();
+}
+
+/**
+ * Checks DISK entries against everything before them, as a reader meets them. Memory is the
+ * depth of the tree: the entries of a preopen come depth first with the names in each
+ * directory in increasing byte order, so the directories still open are a stack.
+ */
+class DiskStream {
+  /** The preopen of the entries so far (-1 before the first). */
+  private preopen = -1;
+  /** The open directories of the current preopen, its root first: path and the last name listed in it. */
+  private dirs: { path: string; last: Buffer | null }[] = [];
+  /** The file the next chunk may continue: its path and where its last chunk ended. */
+  private file: { path: string; end: number } | null = null;
+  entries = 0;
+  bytes = 0;
+  private readonly sha: Hash = createHash('sha256');
+
+  constructor(private readonly preopens: number) {}
+
+  /** SHA-256 of the DISK bodies so far. */
+  digest(): Uint8Array {
+    return new Uint8Array(this.sha.copy().digest());
+  }
+
+  /** Decodes a DISK body and checks its entries; throws DecodeError naming the first wrong one. */
+  take(body: Uint8Array): DiskEntry[] {
+    if (body.byteLength === 0) throw new DecodeError('an empty DISK frame');
+    const r = new ByteReader(body);
+    const out: DiskEntry[] = [];
+    while (r.remaining > 0) out.push(this.entry(r));
+    this.sha.update(body);
+    return out;
+  }
+
+  private entry(r: ByteReader): DiskEntry {
+    const preopen = r.varint();
+    let path: string;
+    try {
+      path = readString(r, DISK_PATH_BYTES_MAX);
+    } catch (e) {
+      throw new DecodeError(`a path that cannot be read: ${(e as Error).message}`);
+    }
+    const shown = JSON.stringify(path);
+    const problem = diskPathProblem(path);
+    if (problem !== null) throw new DecodeError(`the path ${shown} ${problem}`);
+    const type = r.u8();
+    let e: DiskEntry;
+    switch (type) {
+      case DiskEntryType.DIRECTORY:
+        e = { preopen, path, type: 'directory' };
+        break;
+      case DiskEntryType.FILE: {
+        const offset = r.varint();
+        const n = r.varint();
+        if (n > r.remaining) throw new DecodeError(`the chunk of ${shown} at offset ${offset} is cut short`);
+        if (offset + n > DISK_FILE_BYTES_MAX) {
+          throw new DecodeError(`the file ${shown} runs past ${DISK_FILE_BYTES_MAX} bytes`);
+        }
+        e = { preopen, path, type: 'file', offset, bytes: plain(r.bytes(n)) };
+        break;
+      }
+      case DiskEntryType.SYMLINK: {
+        const target = readString(r, DISK_SYMLINK_TARGET_BYTES_MAX);
+        const bad = symlinkTargetProblem(target);
+        if (bad !== null) throw new DecodeError(`the target of the symlink ${shown} ${bad}`);
+        e = { preopen, path, type: 'symlink', target };
+        break;
+      }
+      default:
+        throw new DecodeError(`the entry ${shown} has unknown type ${type}`);
+    }
+    if (preopen >= this.preopens) {
+      throw new DecodeError(
+        `the entry ${shown} names preopen ${preopen}, but the disk covers ${this.preopens} preopens`,
+      );
+    }
+    if (preopen < this.preopen) {
+      throw new DecodeError(
+        `the entry ${shown} of preopen ${preopen} follows entries of preopen ${this.preopen}`,
+      );
+    }
+    if (preopen > this.preopen) {
+      this.preopen = preopen;
+      this.dirs = [{ path: '', last: null }];
+      this.file = null;
+    }
+    if (e.type === 'file' && e.offset > 0) {
+      // A continuation: the same file, right where its last chunk ended, with bytes.
+      const f = this.file;
+      if (f === null || f.path !== path || f.end !== e.offset) {
+        throw new DecodeError(
+          `the chunk of ${shown} at offset ${e.offset} does not continue its file` +
+            (f !== null && f.path === path ? ` (which ends at ${f.end})` : ''),
+        );
+      }
+      if (e.bytes.byteLength === 0) throw new DecodeError(`an empty chunk of ${shown} at offset ${e.offset}`);
+      f.end += e.bytes.byteLength;
+      this.bytes += e.bytes.byteLength;
+      return e;
+    }
+    // A new entry: its parent is an open directory, and its name follows its last sibling's.
+    const cut = path.lastIndexOf('/');
+    const parent = cut < 0 ? '' : path.slice(0, cut);
+    const name = Buffer.from(cut < 0 ? path : path.slice(cut + 1), 'utf8');
+    while (this.dirs.length > 0 && this.dirs[this.dirs.length - 1]!.path !== parent) this.dirs.pop();
+    const dir = this.dirs[this.dirs.length - 1];
+    if (dir === undefined) {
+      throw new DecodeError(
+        `the entry ${shown} does not follow its parent directory ${JSON.stringify(parent)} (parents come first, depth first)`,
+      );
+    }
+    if (dir.last !== null && Buffer.compare(name, dir.last) <= 0) {
+      throw new DecodeError(
+        `the entry ${shown} is out of order: ${JSON.stringify(dir.last.toString('utf8'))} came before it in the same directory`,
+      );
+    }
+    dir.last = name;
+    this.entries++;
+    this.file = null;
+    if (e.type === 'directory') this.dirs.push({ path, last: null });
+    if (e.type === 'file') {
+      this.file = { path, end: e.bytes.byteLength };
+      this.bytes += e.bytes.byteLength;
+    }
+    return e;
+  }
+}
+
 // ---------------------------------------------------------------- writer
 
-export type SnapshotSink = (pieces: readonly Uint8Array[]) => void;
+/**
+ * Where a writer's frames go: one call per frame, its pieces in order. A sink may return a
+ * promise (any thenable) to hold the writer back, a socket's drain say: disk() waits for it
+ * before reading on; the other methods are synchronous and do not wait, and settled() waits for
+ * all of them. Any other return value is ignored, so `(p) => chunks.push(...p)` is a sink.
+ */
+export type SnapshotSink = (pieces: readonly Uint8Array[]) => unknown;
 
-type WriterStep = 'header' | 'machine' | 'host' | 'blocks' | 'done';
+type WriterStep = 'header' | 'machine' | 'host' | 'disk' | 'disk-busy' | 'blocks' | 'done' | 'broken';
+
+/** What one disk() call wrote. */
+export interface DiskStats {
+  /** Directories, regular files and symlinks written. */
+  entries: number;
+  /** Bytes of file content written. */
+  bytes: number;
+  /** Sockets, FIFOs and devices left out (freeze() does not copy them either). */
+  skipped: number;
+  /** File reads started again because the file's inode was replaced while it was read. */
+  restarts: number;
+}
 
 /**
  * Writes a snapshot frame by frame into `sink`, one call per frame (the first one with the
- * preamble). Methods go in the format's order: header, machine, host, blocks (any number of
- * calls, each listing blocks after the previous call's), trailer. Anything else is a host bug
- * and throws.
+ * preamble). Methods go in the format's order: header, machine, host, disk (once per covered
+ * preopen, in index order, awaited), blocks (any number of calls, each listing blocks after the
+ * previous call's), trailer. Anything else is a host bug and throws.
  *
  * BLOCKS pieces are views of the memory given to blocks(): the sink must write or copy them
- * before the memory changes (keep the guest paused until the sink is done with them).
+ * before the memory changes (keep the guest paused until the sink is done with them). DISK
+ * pieces are the writer's own buffers, never reused: the sink may keep them.
  */
 export class SnapshotWriter {
   private step: WriterStep = 'header';
@@ -497,6 +818,16 @@ export class SnapshotWriter {
   private nextBlock = 0;
   private blocksWritten = 0;
   private written = 0;
+  private nextPreopen = 0;
+  /** The DISK frame being filled: its body pieces and their size. */
+  private diskBody: Uint8Array[] = [];
+  private diskBodyBytes = 0;
+  private diskEntries = 0;
+  private diskBytes = 0;
+  private readonly diskSha: Hash = createHash('sha256');
+  /** The sink's promises from the synchronous methods, and the first failure among them. */
+  private pending: Promise<void> = Promise.resolve();
+  private sinkFailure: { error: unknown } | null = null;
 
   constructor(private readonly sink: SnapshotSink) {}
 
@@ -528,7 +859,49 @@ export class SnapshotWriter {
     this.expect('host', 'host');
     check(bytes.byteLength <= SNAPSHOT_FRAME_BODY_BYTES_MAX, 'the host state fits one frame');
     this.emit([encodeSnapshotFrame(SnapshotFrameKind.HOST, bytes)]);
-    this.step = 'blocks';
+    this.step = 'disk';
+  }
+
+  /**
+   * Writes the folder `root` as preopen `preopenIndex` of the disk: every directory, regular
+   * file and symlink under it, depth first, names in byte order, so the same tree always gives
+   * the same bytes. Sockets, FIFOs and devices are skipped. Call it once for each preopen the
+   * header's diskPreopens covers, in index order, awaiting each call.
+   *
+   * `root` is a tree nothing changes, or a frozen tree (FileSystem.freeze) that the guest goes on
+   * changing copy-on-write: a file's frozen entry is replaced by a rename before the live inode
+   * is written. So each read of a file is followed by an lstat of its path: a chunk goes into a
+   * frame only when the path still names the inode that was read. When it does not, the read
+   * starts again from the start of the new file, checking (by CRC-32) that its first bytes are
+   * the ones already written, then goes on where it was. Bytes held: about one frame
+   * (DISK_FRAME_BODY_BYTES_MAX), plus what the sink keeps.
+   *
+   * Names and symlink targets must be UTF-8 and paths within the DISK limits, or it throws; it
+   * throws too on I/O errors and on a file that changes other than by the copy-on-write
+   * protocol. After a throw the writer is unusable (the sink has part of the disk).
+   */
+  async disk(preopenIndex: number, root: string): Promise<DiskStats> {
+    this.expect('disk', 'disk');
+    const h = this.head!;
+    check(
+      preopenIndex === this.nextPreopen && preopenIndex < h.diskPreopens,
+      `disk(${preopenIndex}): the disk covers preopens 0..${h.diskPreopens - 1}, and ${this.nextPreopen < h.diskPreopens ? `preopen ${this.nextPreopen}` : 'none'} is due`,
+    );
+    this.step = 'disk-busy';
+    const stats: DiskStats = { entries: 0, bytes: 0, skipped: 0, restarts: 0 };
+    try {
+      await this.settled();
+      const st = await lstat(root);
+      if (!st.isDirectory()) throw new Error(`snapshot: the disk folder ${root} is not a directory`);
+      await this.walk(preopenIndex, root, '', stats);
+      await this.flushDisk();
+    } catch (e) {
+      this.step = 'broken';
+      throw e;
+    }
+    this.nextPreopen++;
+    this.step = 'disk';
+    return stats;
   }
 
   /**
@@ -537,7 +910,7 @@ export class SnapshotWriter {
    * (any order, duplicates ignored; each call's blocks must follow the previous call's).
    */
   blocks(memory: Uint8Array, which: 'all' | Iterable<number>): void {
-    this.expect('blocks', 'blocks');
+    this.expectAfterDisk('blocks');
     const h = this.head!;
     check(memory.byteLength === h.memoryBytes, `memory is ${h.memoryBytes} bytes as the header says`);
     const blockCount = h.memoryBytes / h.blockBytes;
@@ -556,29 +929,212 @@ export class SnapshotWriter {
         'blocks() calls go in increasing block order',
       );
     }
+    this.step = 'blocks';
     this.writeRuns(memory, indexes);
   }
 
   trailer(memorySha256: Uint8Array): void {
-    this.expect('trailer', 'blocks');
+    this.expectAfterDisk('trailer');
     this.emit([
       encodeSnapshotFrame(
         SnapshotFrameKind.TRAILER,
-        encodeTrailer({ blocks: this.blocksWritten, memorySha256 }),
+        encodeTrailer({
+          blocks: this.blocksWritten,
+          memorySha256,
+          diskEntries: this.diskEntries,
+          diskBytes: this.diskBytes,
+          diskSha256: new Uint8Array(this.diskSha.copy().digest()),
+        }),
       ),
     ]);
     this.step = 'done';
   }
 
-  /** Asserts that `method` may run now: `step` is the writer's state it needs. */
-  private expect(method: string, step: WriterStep): void {
-    const due = this.step === 'blocks' ? 'blocks or trailer' : this.step === 'done' ? 'nothing' : this.step;
-    check(this.step === step, `snapshot writer: ${method}() called when ${due} was due`);
+  /**
+   * Resolves once the sink has taken every frame so far (for a sink that returns promises);
+   * rejects with the sink's first failure.
+   */
+  async settled(): Promise<void> {
+    await this.pending;
+    if (this.sinkFailure !== null) throw this.sinkFailure.error;
   }
 
-  private emit(pieces: Uint8Array[]): void {
+  /** Asserts that `method` may run now: `step` is the writer's state it needs. */
+  private expect(method: string, step: WriterStep): void {
+    check(this.step === step, `snapshot writer: ${method}() called when ${this.due()} was due`);
+  }
+
+  /** Asserts that blocks() or trailer() may run: after the host and every covered preopen's disk. */
+  private expectAfterDisk(method: string): void {
+    const ready =
+      this.step === 'blocks' || (this.step === 'disk' && this.nextPreopen === this.head!.diskPreopens);
+    check(ready, `snapshot writer: ${method}() called when ${this.due()} was due`);
+  }
+
+  private due(): string {
+    switch (this.step) {
+      case 'disk':
+        return this.nextPreopen < this.head!.diskPreopens ? `disk(${this.nextPreopen})` : 'blocks or trailer';
+      case 'disk-busy':
+        return 'the end of the running disk()';
+      case 'blocks':
+        return 'blocks or trailer';
+      case 'done':
+        return 'nothing';
+      case 'broken':
+        return 'nothing (a disk() call failed)';
+      default:
+        return this.step;
+    }
+  }
+
+  /** Hands a frame to the sink; returns the sink's promise, if any, having recorded its failure. */
+  private emit(pieces: Uint8Array[]): Promise<void> | undefined {
+    if (this.sinkFailure !== null) throw this.sinkFailure.error;
     for (const p of pieces) this.written += p.byteLength;
-    this.sink(pieces);
+    const r = this.sink(pieces);
+    if (!isThenable(r)) return undefined;
+    const caught = Promise.resolve(r).then(
+      () => undefined,
+      (error: unknown) => {
+        this.sinkFailure ??= { error };
+      },
+    );
+    this.pending = this.pending.then(() => caught);
+    return caught;
+  }
+
+  /** Emits the DISK frame being filled, if any, and waits for the sink to take it. */
+  private async flushDisk(): Promise<void> {
+    if (this.diskBodyBytes === 0) return;
+    const body = this.diskBody;
+    const prefix = framePrefix(SnapshotFrameKind.DISK, this.diskBodyBytes);
+    const crc = frameCrc([prefix, ...body]);
+    for (const p of body) this.diskSha.update(p);
+    this.diskBody = [];
+    this.diskBodyBytes = 0;
+    await this.emit([prefix, ...body, crc]);
+    if (this.sinkFailure !== null) throw this.sinkFailure.error;
+  }
+
+  /** Adds an entry's pieces to the DISK frame being filled (the caller made room). */
+  private addDisk(...pieces: Uint8Array[]): void {
+    for (const p of pieces) {
+      if (p.byteLength === 0) continue;
+      this.diskBody.push(p);
+      this.diskBodyBytes += p.byteLength;
+    }
+    check(this.diskBodyBytes <= DISK_FRAME_BODY_BYTES_MAX, 'a DISK frame body stays within its limit');
+  }
+
+  /** Adds a directory or symlink entry, in a new frame if it does not fit this one. */
+  private async addSmallEntry(head: Uint8Array, stats: DiskStats): Promise<void> {
+    if (this.diskBodyBytes + head.byteLength > DISK_FRAME_BODY_BYTES_MAX) await this.flushDisk();
+    this.addDisk(head);
+    this.diskEntries++;
+    stats.entries++;
+  }
+
+  /** Writes the entries under host directory `dir`, whose DISK path is `rel` ('' for the root). */
+  private async walk(preopen: number, dir: string, rel: string, stats: DiskStats): Promise<void> {
+    const names = await readdir(dir, { encoding: 'buffer' });
+    names.sort(Buffer.compare);
+    for (const raw of names) {
+      let name: string;
+      try {
+        name = utf8.decode(raw);
+      } catch {
+        throw new Error(`snapshot: cannot carry ${dir}/${raw.toString('utf8')}: its name is not UTF-8`);
+      }
+      const path = rel === '' ? name : `${rel}/${name}`;
+      const host = `${dir}/${name}`;
+      const problem = diskPathProblem(path);
+      if (problem !== null) {
+        throw new Error(`snapshot: cannot carry ${host}: its path ${JSON.stringify(path)} ${problem}`);
+      }
+      const pathBytes = Buffer.from(path, 'utf8');
+      const st = await lstat(host);
+      if (st.isDirectory()) {
+        await this.addSmallEntry(diskEntryHead(preopen, pathBytes, { type: 'directory' }), stats);
+        await this.walk(preopen, host, path, stats);
+      } else if (st.isSymbolicLink()) {
+        const raw = await readlink(host, { encoding: 'buffer' });
+        let target: string;
+        try {
+          target = utf8.decode(raw);
+        } catch {
+          throw new Error(`snapshot: cannot carry the symlink ${host}: its target is not UTF-8`);
+        }
+        const bad = symlinkTargetProblem(target);
+        if (bad !== null) throw new Error(`snapshot: cannot carry the symlink ${host}: its target ${bad}`);
+        await this.addSmallEntry(diskEntryHead(preopen, pathBytes, { type: 'symlink', target: raw }), stats);
+      } else if (st.isFile()) {
+        await this.writeFile(preopen, pathBytes, host, stats);
+      } else {
+        stats.skipped++;
+      }
+    }
+  }
+
+  /**
+   * Writes one regular file in chunks, each checked against its path after it was read (see
+   * disk()). The chunk sizes depend only on where the frame being filled stands, so a file read
+   * again after a restart gives the same bytes as a read without one.
+   */
+  private async writeFile(
+    preopen: number,
+    pathBytes: Uint8Array,
+    host: string,
+    stats: DiskStats,
+  ): Promise<void> {
+    let file: OpenFile | null = await openStable(host, 0, 0);
+    let offset = 0;
+    let crc = 0; // CRC-32 of bytes 0..offset, already in frames
+    let restarts = 0;
+    try {
+      for (;;) {
+        const headMax = diskEntryHead(preopen, pathBytes, { type: 'file', offset, length: 0 }).byteLength + 2;
+        const room = DISK_FRAME_BODY_BYTES_MAX - this.diskBodyBytes - headMax;
+        if (this.diskBodyBytes > 0 && room < DISK_CHUNK_BYTES_MIN) {
+          await this.flushDisk();
+          continue;
+        }
+        // Sized by the file's size (one byte more, to see its end in the same read), so that a
+        // small file does not pin a frame-sized buffer; the size is only a hint.
+        const want = Math.min(room, Math.max(0, file.size - offset) + 1);
+        const buf = Buffer.allocUnsafe(want);
+        const n = await readFull(file.handle, buf, offset);
+        if (!(await sameInode(host, file.ino, file.dev))) {
+          // Replaced while read: what was read may hold the guest's writes. Start again.
+          if (++restarts > DISK_FILE_RESTARTS_MAX) {
+            throw new Error(`snapshot: ${host} kept changing while it was read (${restarts} restarts)`);
+          }
+          stats.restarts++;
+          const old = file;
+          file = null;
+          await old.handle.close();
+          file = await openStable(host, offset, crc);
+          continue;
+        }
+        if (n === 0 && offset > 0) break;
+        const chunk = buf.subarray(0, n);
+        if (offset + n > DISK_FILE_BYTES_MAX) {
+          throw new Error(`snapshot: cannot carry ${host}: it is larger than ${DISK_FILE_BYTES_MAX} bytes`);
+        }
+        this.addDisk(diskEntryHead(preopen, pathBytes, { type: 'file', offset, length: n }), chunk);
+        if (offset === 0) {
+          this.diskEntries++;
+          stats.entries++;
+        }
+        crc = crc32(chunk, crc);
+        offset += n;
+        this.diskBytes += n;
+        stats.bytes += n;
+        if (n < want) break; // readFull stopped at the end of the file
+      }
+    } finally {
+      await file?.handle.close();
+    }
   }
 
   /** Groups sorted indexes into runs and frames, each frame's block data near the target size. */
@@ -636,6 +1192,94 @@ function nonZeroBlocks(memory: Uint8Array, blockBytes: number): number[] {
   return out;
 }
 
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return (
+    (typeof x === 'object' || typeof x === 'function') &&
+    x !== null &&
+    typeof (x as { then?: unknown }).then === 'function'
+  );
+}
+
+/** Reads into `buf` from `position` until it is full or a read returns nothing (the end of the file). */
+async function readFull(handle: FileHandle, buf: Uint8Array, position: number): Promise<number> {
+  let got = 0;
+  while (got < buf.byteLength) {
+    const { bytesRead } = await handle.read(buf, got, buf.byteLength - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
+}
+
+/** Whether `path` still names the inode (ino, dev); false when it names nothing (mid-replacement). */
+async function sameInode(path: string, ino: bigint, dev: bigint): Promise<boolean> {
+  try {
+    const st = await lstat(path, { bigint: true });
+    return st.ino === ino && st.dev === dev;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+}
+
+/**
+ * Opens the file at `path` (not following a symlink) and checks that its first `prefix` bytes
+ * have CRC-32 `crc`, i.e. are the bytes already written from the inode it replaced. Opens again
+ * when the path is replaced meanwhile, and waits out the moment a frozen tree's hard link is
+ * being remade (unlinked, then linked to the new copy).
+ */
+/** A file being read by the writer: its handle, the inode it is, and its size when opened (a hint). */
+interface OpenFile {
+  handle: FileHandle;
+  ino: bigint;
+  dev: bigint;
+  size: number;
+}
+
+async function openStable(path: string, prefix: number, crc: number): Promise<OpenFile> {
+  for (let attempt = 0; ; attempt++) {
+    let handle: FileHandle;
+    try {
+      handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && attempt < DISK_FILE_RESTARTS_MAX) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        continue;
+      }
+      throw e;
+    }
+    try {
+      const st = await handle.stat({ bigint: true });
+      if (!st.isFile()) throw new Error(`snapshot: ${path} is no longer a regular file`);
+      let c = 0;
+      let at = 0;
+      const buf = Buffer.allocUnsafe(Math.min(prefix, DISK_FRAME_BODY_BYTES_MAX));
+      while (at < prefix) {
+        const n = await readFull(handle, buf.subarray(0, Math.min(buf.byteLength, prefix - at)), at);
+        if (n === 0) break;
+        c = crc32(buf.subarray(0, n), c);
+        at += n;
+      }
+      if (await sameInode(path, st.ino, st.dev)) {
+        if (at !== prefix || c >>> 0 !== crc >>> 0) {
+          throw new Error(
+            `snapshot: ${path} was replaced while it was read by a file whose first ${prefix} bytes differ; ` +
+              'only a frozen tree written copy-on-write (FileSystem.freeze) may change under disk()',
+          );
+        }
+        return { handle, ino: st.ino, dev: st.dev, size: Number(st.size) };
+      }
+      if (attempt >= DISK_FILE_RESTARTS_MAX) {
+        throw new Error(`snapshot: ${path} kept changing while it was read`);
+      }
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+    await handle.close();
+  }
+}
+
 // ---------------------------------------------------------------- reader
 
 export type SnapshotErrorCode = 'not-a-snapshot' | 'version' | 'truncated' | 'corrupt' | 'base-mismatch';
@@ -652,6 +1296,7 @@ export type SnapshotFrame =
   | { type: 'header'; offset: number; header: SnapshotHeader }
   | { type: 'machine'; offset: number; machine: SnapshotMachine }
   | { type: 'host'; offset: number; host: Uint8Array }
+  | { type: 'disk'; offset: number; entries: DiskEntry[] }
   | { type: 'blocks'; offset: number; runs: BlockRun[] }
   | { type: 'trailer'; offset: number; trailer: SnapshotTrailer };
 
@@ -659,7 +1304,7 @@ function failure(code: SnapshotErrorCode, message: string, offset: number): Snap
   return { ok: false, code, message, offset };
 }
 
-type ReaderStep = 'preamble' | 'header' | 'machine' | 'host' | 'blocks' | 'done';
+type ReaderStep = 'preamble' | 'header' | 'machine' | 'host' | 'disk' | 'blocks' | 'done';
 
 /**
  * A queue of pushed chunks that hands out contiguous ranges, merging chunks only when a range
@@ -719,9 +1364,11 @@ class ChunkQueue {
  * - 'not-a-snapshot': the magic differs. 'version': another format version. A preamble with
  *   non-zero flags is 'corrupt' (the preamble has no checksum; version 1 writes 0).
  * - 'corrupt': a checksum mismatch in a whole frame, an impossible length (a varint over 4
- *   bytes, a body over the limit, a TRAILER not TRAILER_BODY_BYTES long), an unknown kind, a
- *   frame out of order or that does not decode, a block count that differs from the trailer's,
- *   and any byte after the trailer.
+ *   bytes, a body over the limit, a DISK body over DISK_FRAME_BODY_BYTES_MAX, a TRAILER not
+ *   TRAILER_BODY_BYTES long), an unknown kind, a frame out of order or that does not decode,
+ *   a DISK entry that breaks a rule (a path that could leave its folder, a parent not listed
+ *   before, names out of order, a chunk that does not continue its file), a block count or disk
+ *   count or disk hash that differs from the trailer's, and any byte after the trailer.
  * - 'truncated': the input ends inside the preamble or a frame, or after a whole frame that is
  *   not the TRAILER; see end() for a frame whose (damaged) length runs past the end.
  */
@@ -735,6 +1382,8 @@ export class SnapshotReader {
   private trailerSeen: SnapshotTrailer | null = null;
   private nextBlock = 0;
   private blocksRead = 0;
+  /** The disk's entries so far, checked (created with the header). */
+  private disk: DiskStream | null = null;
   /** The frame being read once its prefix is known: its kind and whole size. */
   private frame: { kind: number; prefixBytes: number; totalBytes: number } | null = null;
 
@@ -816,7 +1465,7 @@ export class SnapshotReader {
       return fail(
         failure(
           'truncated',
-          `the snapshot is truncated: it ends at byte ${this.offset}, before its ${this.step === 'blocks' ? 'trailer' : `${this.step} frame`}`,
+          `the snapshot is truncated: it ends at byte ${this.offset}, before its ${this.step === 'blocks' || this.step === 'disk' ? 'trailer' : `${this.step} frame`}`,
           this.offset,
         ),
       );
@@ -893,6 +1542,13 @@ export class SnapshotReader {
           at,
         );
       }
+      if (kind === SnapshotFrameKind.DISK && len > DISK_FRAME_BODY_BYTES_MAX) {
+        return failure(
+          'corrupt',
+          `corrupt snapshot: the DISK frame at byte ${at} claims ${len} bytes, over the ${DISK_FRAME_BODY_BYTES_MAX}-byte limit`,
+          at,
+        );
+      }
       if (kind === SnapshotFrameKind.TRAILER && len !== TRAILER_BODY_BYTES) {
         return failure(
           'corrupt',
@@ -929,32 +1585,40 @@ export class SnapshotReader {
   }
 
   private interpret(kind: number, body: Uint8Array, at: number): SnapshotFrame | SnapshotFailure {
-    const expected: Record<Exclude<ReaderStep, 'preamble' | 'done'>, number[]> = {
-      header: [SnapshotFrameKind.HEADER],
-      machine: [SnapshotFrameKind.MACHINE],
-      host: [SnapshotFrameKind.HOST],
-      blocks: [SnapshotFrameKind.BLOCKS, SnapshotFrameKind.TRAILER],
+    const expected: Record<Exclude<ReaderStep, 'preamble' | 'done'>, [number[], string]> = {
+      header: [[SnapshotFrameKind.HEADER], 'the HEADER'],
+      machine: [[SnapshotFrameKind.MACHINE], 'the MACHINE'],
+      host: [[SnapshotFrameKind.HOST], 'the HOST'],
+      disk: [
+        [SnapshotFrameKind.DISK, SnapshotFrameKind.BLOCKS, SnapshotFrameKind.TRAILER],
+        'DISK, BLOCKS or the TRAILER',
+      ],
+      blocks: [[SnapshotFrameKind.BLOCKS, SnapshotFrameKind.TRAILER], 'BLOCKS or the TRAILER'],
     };
-    const step = this.step as keyof typeof expected;
-    if (!expected[step].includes(kind)) {
+    const [kinds, due] = expected[this.step as keyof typeof expected];
+    if (!kinds.includes(kind)) {
       return failure(
         'corrupt',
-        `corrupt snapshot: a ${KIND_NAMES[kind]} frame at byte ${at} where ${step === 'blocks' ? 'BLOCKS or the TRAILER' : `the ${step.toUpperCase()}`} was due`,
+        `corrupt snapshot: a ${KIND_NAMES[kind]} frame at byte ${at} where ${due} was due`,
         at,
       );
     }
     switch (kind) {
       case SnapshotFrameKind.HEADER:
         this.head = decodeHeader(body);
+        this.disk = new DiskStream(this.head.diskPreopens);
         this.step = 'machine';
         return { type: 'header', offset: at, header: this.head };
       case SnapshotFrameKind.MACHINE:
         this.step = 'host';
         return { type: 'machine', offset: at, machine: decodeMachine(body, this.head!.memoryBytes) };
       case SnapshotFrameKind.HOST:
-        this.step = 'blocks';
+        this.step = 'disk';
         return { type: 'host', offset: at, host: plain(body) };
+      case SnapshotFrameKind.DISK:
+        return { type: 'disk', offset: at, entries: this.disk!.take(body) };
       case SnapshotFrameKind.BLOCKS: {
+        this.step = 'blocks';
         const h = this.head!;
         const runs = decodeBlocks(body, h.blockBytes, this.nextBlock, h.memoryBytes / h.blockBytes);
         for (const run of runs) this.blocksRead += run.count;
@@ -967,6 +1631,22 @@ export class SnapshotReader {
           return failure(
             'corrupt',
             `corrupt snapshot: the trailer at byte ${at} counts ${trailer.blocks} blocks but the snapshot holds ${this.blocksRead}`,
+            at,
+          );
+        }
+        const disk = this.disk!;
+        if (trailer.diskEntries !== disk.entries || trailer.diskBytes !== disk.bytes) {
+          return failure(
+            'corrupt',
+            `corrupt snapshot: the trailer at byte ${at} counts ${trailer.diskEntries} disk entries and ${trailer.diskBytes} disk bytes but the snapshot holds ${disk.entries} and ${disk.bytes}`,
+            at,
+          );
+        }
+        const diskSha = disk.digest();
+        if (Buffer.compare(diskSha, trailer.diskSha256) !== 0) {
+          return failure(
+            'corrupt',
+            `corrupt snapshot: the disk frames hash to ${hex(diskSha)}, but the trailer at byte ${at} says ${hex(trailer.diskSha256)}`,
             at,
           );
         }
@@ -994,6 +1674,24 @@ function crcHolds(frame: Uint8Array): boolean {
 
 // ---------------------------------------------------------------- whole snapshots
 
+/** One directory, regular file or symlink of a snapshot's disk, as readSnapshot reports it. */
+export type DiskEntryInfo =
+  | { preopen: number; path: string; type: 'directory' }
+  | { preopen: number; path: string; type: 'file'; bytes: number }
+  | { preopen: number; path: string; type: 'symlink'; target: string };
+
+/** The disk of a snapshot read back whole. */
+export interface SnapshotDisk {
+  /** The preopens it covers (the header's diskPreopens): 0 .. preopens-1. */
+  preopens: number;
+  /** Every directory, file and symlink, in the snapshot's order (depth first, names in byte order). */
+  entries: DiskEntryInfo[];
+  /** Bytes of file content in all. */
+  bytes: number;
+  /** SHA-256 of the DISK frames' bodies, as the trailer has it. */
+  sha256: Uint8Array;
+}
+
 /** A snapshot read back whole: everything a VM resumes from. */
 export interface Snapshot {
   header: SnapshotHeader;
@@ -1004,20 +1702,39 @@ export interface Snapshot {
   memory: Uint8Array;
   /** Its SHA-256, checked against the trailer: the `base` of the next increment. */
   memorySha256: Uint8Array;
+  /** The disk's entries (materialized under diskInto when it was given). */
+  disk: SnapshotDisk;
+}
+
+export interface ReadSnapshotOptions {
+  /**
+   * A folder to materialize the disk in: preopen i goes to `diskInto/i`, which must not exist
+   * yet (diskInto itself may). Directories are made with mode 0700, files with 0600, symlinks
+   * as they were. Without it the disk is checked and its content dropped.
+   */
+  diskInto?: string;
 }
 
 /**
  * Reads a whole snapshot from bytes or a stream of chunks (a file or socket stream), rebuilds
- * the memory (from zeros, or from `base` for an incremental snapshot) and checks the trailer's
- * SHA-256. `base` must be the memory image the increment applies to (its SHA-256 is compared
- * with the header's); it is ignored for a full snapshot. I/O errors from the stream propagate;
- * everything wrong with the bytes comes back as a SnapshotFailure.
+ * the memory (from zeros, or from `base` for an incremental snapshot), checks the trailer's
+ * SHA-256s, and materializes the disk under `opts.diskInto` if given. `base` must be the memory
+ * image the increment applies to (its SHA-256 is compared with the header's); it is ignored for
+ * a full snapshot.
+ *
+ * Everything wrong with the bytes comes back as a SnapshotFailure; I/O errors from the stream or
+ * while materializing (diskInto/i already there, a full disk) propagate. Either way the folders
+ * diskInto/i made so far are removed: a failed read leaves nothing behind. A DISK entry is
+ * written only after the reader has checked it (relative, plain names, under a directory this
+ * read created), so nothing is ever written outside diskInto.
  */
 export async function readSnapshot(
   source: Uint8Array | AsyncIterable<Uint8Array>,
   base: Uint8Array | null,
+  opts: ReadSnapshotOptions = {},
 ): Promise<({ ok: true } & Snapshot) | SnapshotFailure> {
   const reader = new SnapshotReader();
+  const into = opts.diskInto;
   // What the frames have given so far; a holder object, since take() fills it in.
   const got: {
     header: SnapshotHeader | null;
@@ -1026,6 +1743,43 @@ export async function readSnapshot(
     memory: Uint8Array | null;
     snapshot: Snapshot | null;
   } = { header: null, machine: null, host: null, memory: null, snapshot: null };
+  const entries: DiskEntryInfo[] = [];
+  let diskBytes = 0;
+  /** The preopen folders made under diskInto, removed if the read fails. */
+  const made: string[] = [];
+  /** The file being materialized, open until an entry other than its next chunk. */
+  let out: number | null = null;
+  const closeOut = (): void => {
+    if (out !== null) {
+      const fd = out;
+      out = null;
+      closeSync(fd);
+    }
+  };
+
+  const materialize = (e: DiskEntry): void => {
+    // The reader checked the path: plain names under a directory made here before.
+    const target = `${into}/${e.preopen}/${e.path}`;
+    switch (e.type) {
+      case 'directory':
+        closeOut();
+        mkdirSync(target, { mode: 0o700 });
+        break;
+      case 'symlink':
+        closeOut();
+        symlinkSync(e.target, target);
+        break;
+      case 'file':
+        if (e.offset === 0) {
+          closeOut();
+          const flags =
+            fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+          out = openSync(target, flags, 0o600);
+        }
+        for (let at = 0; at < e.bytes.byteLength;) at += writeSync(out!, e.bytes, at);
+        break;
+    }
+  };
 
   const take = (frames: SnapshotFrame[]): SnapshotFailure | null => {
     for (const f of frames) {
@@ -1060,6 +1814,14 @@ export async function readSnapshot(
           }
           got.memory = new Uint8Array(h.memoryBytes);
           if (h.base !== null) got.memory.set(base!);
+          if (into !== undefined && h.diskPreopens > 0) {
+            mkdirSync(into, { recursive: true, mode: 0o700 });
+            for (let i = 0; i < h.diskPreopens; i++) {
+              const dir = `${into}/${i}`;
+              mkdirSync(dir, { mode: 0o700 }); // throws if it exists: never write into a folder not ours
+              made.push(dir);
+            }
+          }
           break;
         }
         case 'machine':
@@ -1068,10 +1830,29 @@ export async function readSnapshot(
         case 'host':
           got.host = f.host;
           break;
+        case 'disk':
+          for (const e of f.entries) {
+            if (e.type === 'file') {
+              diskBytes += e.bytes.byteLength;
+              if (e.offset === 0) entries.push({ preopen: e.preopen, path: e.path, type: 'file', bytes: 0 });
+              const last = entries[entries.length - 1]!;
+              if (last.type === 'file') last.bytes += e.bytes.byteLength;
+            } else {
+              entries.push(
+                e.type === 'directory'
+                  ? { preopen: e.preopen, path: e.path, type: 'directory' }
+                  : { preopen: e.preopen, path: e.path, type: 'symlink', target: e.target },
+              );
+            }
+            if (into !== undefined) materialize(e);
+          }
+          break;
         case 'blocks':
+          closeOut();
           for (const run of f.runs) got.memory!.set(run.bytes, run.firstBlock * got.header!.blockBytes);
           break;
         case 'trailer': {
+          closeOut();
           const sha = memorySha256(got.memory!);
           if (Buffer.compare(sha, f.trailer.memorySha256) !== 0) {
             return failure(
@@ -1086,6 +1867,12 @@ export async function readSnapshot(
             host: got.host!,
             memory: got.memory!,
             memorySha256: sha,
+            disk: {
+              preopens: got.header!.diskPreopens,
+              entries,
+              bytes: diskBytes,
+              sha256: f.trailer.diskSha256,
+            },
           };
           break;
         }
@@ -1094,14 +1881,30 @@ export async function readSnapshot(
     return null;
   };
 
-  const chunks: AsyncIterable<Uint8Array> | Uint8Array[] = source instanceof Uint8Array ? [source] : source;
-  for await (const chunk of chunks) {
-    const r = reader.push(chunk);
-    if (!r.ok) return r;
-    const bad = take(r.frames);
-    if (bad !== null) return bad;
+  const read = async (): Promise<({ ok: true } & Snapshot) | SnapshotFailure> => {
+    const chunks: AsyncIterable<Uint8Array> | Uint8Array[] = source instanceof Uint8Array ? [source] : source;
+    for await (const chunk of chunks) {
+      const r = reader.push(chunk);
+      if (!r.ok) return r;
+      const bad = take(r.frames);
+      if (bad !== null) return bad;
+    }
+    const end = reader.end();
+    if (!end.ok) return end;
+    return { ok: true, ...got.snapshot! };
+  };
+
+  let result: ({ ok: true } & Snapshot) | SnapshotFailure | null = null;
+  try {
+    result = await read();
+    return result;
+  } finally {
+    try {
+      closeOut();
+    } finally {
+      if (result === null || !result.ok) {
+        for (const dir of made) rmSync(dir, { recursive: true, force: true });
+      }
+    }
   }
-  const end = reader.end();
-  if (!end.ok) return end;
-  return { ok: true, ...got.snapshot! };
 }

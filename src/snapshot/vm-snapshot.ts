@@ -31,10 +31,22 @@ import {
   type SnapshotSink,
 } from './format.js';
 
-/** Writes `snap` of `vm` to `sink` (memory in full; zero blocks are left out by the format). */
-export function writeVmSnapshot(vm: Vm, snap: VmSnapshot, sink: SnapshotSink, createdAtMs: number): void {
+/**
+ * Writes `snap` of `vm` to `sink`: memory in full (zero blocks are left out
+ * by the format) and, with `diskDir` (the snapshot's frozen folders, one
+ * subfolder per preopen), the disk as it was at the cut.
+ */
+export async function writeVmSnapshot(
+  vm: Vm,
+  snap: VmSnapshot,
+  sink: SnapshotSink,
+  createdAtMs: number,
+  opts: { diskDir?: string | null } = {},
+): Promise<void> {
   const w = new SnapshotWriter(sink);
   const memory = snap.capture.memory;
+  const diskDir = opts.diskDir ?? null;
+  const diskPreopens = diskDir === null ? 0 : vm.preopens.length;
   w.header({
     moduleSha256: Buffer.from(vm.module.sha256, 'hex'),
     memoryMaxPages: vm.config.memoryMaxMib * PAGES_PER_MIB,
@@ -43,6 +55,7 @@ export function writeVmSnapshot(vm: Vm, snap: VmSnapshot, sink: SnapshotSink, cr
     env: vm.config.env,
     listenerCount: vm.config.listen.length,
     preopenGuestPaths: vm.preopens.map((p) => p.guestPath),
+    diskPreopens,
     events: snap.events ?? 0,
     memoryBytes: memory.byteLength,
     blockBytes: SNAPSHOT_BLOCK_BYTES,
@@ -59,6 +72,7 @@ export function writeVmSnapshot(vm: Vm, snap: VmSnapshot, sink: SnapshotSink, cr
     lastClockNs: snap.host.lastClockNs.map((ns) => BigInt(ns)),
   });
   w.host(Buffer.from(JSON.stringify(snap.host), 'utf8'));
+  for (let i = 0; i < diskPreopens; i++) await w.disk(i, `${diskDir}/${i}`);
   w.blocks(memory, 'all');
   w.trailer(memorySha256(memory));
 }
@@ -66,11 +80,16 @@ export function writeVmSnapshot(vm: Vm, snap: VmSnapshot, sink: SnapshotSink, cr
 export type ReadVmSnapshotResult =
   { ok: true; snapshot: VmSnapshot; header: SnapshotHeader } | SnapshotFailure;
 
-/** Reads a snapshot stream back into what Vm's `restore` takes. Damage is a value, never a throw. */
+/**
+ * Reads a snapshot stream back into what Vm's `restore` takes, and its disk
+ * (if it carries one) into `diskInto/N` per preopen. Damage is a value, never
+ * a throw (I/O errors of the source or the disk propagate).
+ */
 export async function readVmSnapshot(
   source: Uint8Array | AsyncIterable<Uint8Array>,
+  opts: { diskInto?: string } = {},
 ): Promise<ReadVmSnapshotResult> {
-  const r = await readSnapshot(source, null);
+  const r = await readSnapshot(source, null, opts);
   if (!r.ok) return r;
   let host: HostState;
   try {

@@ -484,6 +484,8 @@ test('every cluster command has --help', { timeout: 60_000 }, async () => {
     ['vm', 'stop'],
     ['vm', 'rm'],
     ['vm', 'logs'],
+    ['vm', 'snapshot'],
+    ['vm', 'failover'],
   ]) {
     const r = await runCollected(process.execPath, [BIN, ...cmd, '--help'], { timeoutMs: 20_000 });
     assert.equal(r.code, 0, `${cmd.join(' ')} --help: ${r.stderr}`);

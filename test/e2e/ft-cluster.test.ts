@@ -18,18 +18,18 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { tmpdir } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import type { VmStatus } from '../../src/api/backend.js';
 import { ApiClient } from '../../src/api/client.js';
 import { testSeed } from '../../src/core/prng.js';
 import { formatCheckResult } from '../checker/linearizability.js';
 import { mergeHistories, type KvOpRecord } from '../checker/history.js';
-import { startCluster, startHost, serviceIp, waitUntil, type LocalCluster } from './cluster-harness.js';
+import { KV, startCluster, startHost, serviceIp, waitUntil, type LocalCluster } from './cluster-harness.js';
 import { checkFinalReads, loadKeyNames, readKeys } from './load-client.js';
 import { loadArgs, readHistory, startLoadProcess } from './load-process.js';
 import { etcdAvailable, startEtcd } from './etcd.js';
-import { tempDir } from './harness.js';
+import { startLockstep, tempDir } from './harness.js';
 
 const KILLS = Number(process.env['LOCKSTEP_FT_KILLS'] ?? 5);
 /** A crash suite's time limit grows with its kills (about 10 s each on this machine). */
@@ -141,6 +141,11 @@ async function crashSuite(t: { diagnostic(s: string): void }, c: LocalCluster, l
     const final = await readKeys(ip, PORT, loadKeyNames(KEYS).all, 20_000);
     const result = checkFinalReads(mergeHistories(histories), final);
     t.diagnostic(formatCheckResult(result));
+    // Every new backup was made by live clone (a snapshot of the running primary), not by
+    // replaying from the first event.
+    const clones = c.allLogs().match(/clone for \w+ at call \d+/g) ?? [];
+    t.diagnostic(`backups made by live clone: ${clones.length} (${clones.slice(0, 3).join('; ')}…)`);
+    assert.ok(clones.length >= KILLS, `at least one clone per re-protection, got ${clones.length}`);
     assert.equal(result.ok, true, formatCheckResult(result));
   } catch (e) {
     // The hosts' logs are kept for the failure report; their decisions are shown here.
@@ -184,6 +189,34 @@ test(
       assert.equal(await r.set('k', 'v1'), 'OK');
       assert.equal(await r.incr('n'), 1);
       r.disconnect();
+      // `vm snapshot` writes a file with the running VM and its disk; `run --from` restores it.
+      const file = path.join(c.dir, 'kv.snap');
+      const snapped = await c.cliJson<{ bytes: number }>(['vm', 'snapshot', 'kv', '--out', file]);
+      assert.ok(snapped.bytes > 0);
+      const restored = await startLockstep([
+        'run',
+        KV,
+        '--listen',
+        '127.0.0.1:0',
+        '--disk',
+        path.join(c.dir, 'restored-disk'),
+        '--from',
+        file,
+      ]);
+      try {
+        const rr = new Redis({
+          port: restored.addresses[0]!.port,
+          lazyConnect: true,
+          maxRetriesPerRequest: 0,
+        });
+        rr.on('error', () => {});
+        await rr.connect();
+        assert.equal(await rr.get('k'), 'v1', "the restored copy has the VM's keys");
+        rr.disconnect();
+      } finally {
+        await restored.stop('SIGINT');
+      }
+      assert.ok(existsSync(path.join(c.dir, 'restored-disk', 'appendonly.aof')), 'the disk came with it');
       const moved = await c.cliJson<VmStatus>(['vm', 'failover', 'kv', '--timeout-ms', '30000']);
       assert.equal(moved.primary, s1.backup, 'the backup is the new primary');
       const r2 = new Redis({

@@ -606,8 +606,9 @@ export class FileSystem {
     nodeFs.copyFileSync(first, tmp);
     nodeFs.renameSync(tmp, first);
     for (const other of paths.slice(1)) {
-      nodeFs.rmSync(other);
-      nodeFs.linkSync(first, other);
+      // Linked beside, then renamed over: a reader walking the tree never finds the entry missing.
+      nodeFs.linkSync(first, tmp);
+      nodeFs.renameSync(tmp, other);
     }
     frozen.shared.delete(key);
     this.unshared++;
