@@ -17,7 +17,7 @@ import { FileSystem } from '../../src/vm/fs/fs.js';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { Vm, type VmSnapshot } from '../../src/vm/vm.js';
-import { kvConfig, loadVm as load } from './ft-harness.js';
+import { kvConfig, loadVm as load, waitFor, quiet } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { FtLinkServer } from '../../src/io/ft-link.js';
 import { FtBackupSide, FtPrimarySide } from '../../src/host/ft-pair.js';
@@ -33,20 +33,6 @@ const children = new Set<ChildProcess>();
 after(() => {
   for (const c of children) c.kill('SIGKILL');
 });
-
-const quiet = { info: () => {}, warn: () => {} };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 test(
   'live clone: a backup restored from a snapshot of the running primary catches up, and takes over with every acknowledged write',

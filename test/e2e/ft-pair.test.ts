@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { Vm } from '../../src/vm/vm.js';
-import { kvConfig, loadVm as load } from './ft-harness.js';
+import { kvConfig, loadVm as load, sleep, waitFor, quiet } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { FtLinkServer } from '../../src/io/ft-link.js';
 import { FtBackupSide, FtPrimarySide } from '../../src/host/ft-pair.js';
@@ -38,20 +38,6 @@ const children = new Set<ChildProcess>();
 after(() => {
   for (const c of children) c.kill('SIGKILL');
 });
-
-const quiet = { info: () => {}, warn: () => {} };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 interface Pair {
   port: number;

@@ -12,23 +12,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { Vm } from '../../src/vm/vm.js';
-import { kvConfig, loadVm as load } from './ft-harness.js';
+import { kvConfig, loadVm as load, kvClient as client } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { tempDir } from './harness.js';
-import { Redis } from 'ioredis';
-
-async function client(port: number): Promise<Redis> {
-  const r = new Redis({
-    host: '127.0.0.1',
-    port,
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: false,
-    retryStrategy: () => null,
-  });
-  await r.connect();
-  return r;
-}
 
 /** Resolves with the next reply bytes, or null when none came within `ms`. */
 function replyWithin(s: net.Socket, ms: number): Promise<Buffer | null> {

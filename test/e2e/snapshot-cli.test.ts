@@ -13,6 +13,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { repoPath, runLockstep, startLockstep, tempDir } from './harness.js';
+import { waitFor } from './ft-harness.js';
 
 const KV = repoPath('examples', 'kv', 'kv.wasm');
 const SESSIONS = repoPath('examples', 'sessions', 'sessions.wasm');
@@ -21,14 +22,6 @@ async function client(port: number): Promise<Redis> {
   const r = new Redis({ port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
   await r.connect();
   return r;
-}
-
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 test(

@@ -12,24 +12,10 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import { Vm, type VmSnapshot } from '../../src/vm/vm.js';
-import { kvConfig, loadVm } from './ft-harness.js';
+import { kvConfig, loadVm, kvClient as client } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { tempDir } from './harness.js';
-
-async function client(port: number): Promise<Redis> {
-  const r = new Redis({
-    host: '127.0.0.1',
-    port,
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: false,
-    retryStrategy: () => null,
-  });
-  await r.connect();
-  return r;
-}
 
 function sha(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
