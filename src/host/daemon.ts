@@ -580,27 +580,22 @@ export class HostDaemon implements HostBackend {
         ? await this.planted(name, actions, local, b, ftBackupLost)
         : actions)
         await this.act(name, a, b);
-      // An FT primary serves the backup its placement names (a no-op once offered).
+      // An FT primary at its placement's generation serves the backup the placement names (a
+      // no-op once offered), or runs unprotected when no host could be named.
       const pl = b.placement?.value;
       const l = this.localVms.get(name);
-      if (
+      const currentPrimary =
         l !== undefined &&
         pl !== undefined &&
         l.roleName === 'primary' &&
         l.state === 'running' &&
         pl.primary === this.opts.name &&
-        pl.generation === l.generation &&
-        pl.backup != null
-      ) {
+        pl.generation === l.generation;
+      if (currentPrimary && pl.backup != null) {
         const rec = this.hostRecords.get(pl.backup);
         if (rec !== undefined) l.offerBackup(pl.generation, pl.backup, rec.incarnation, this.nowMs());
       } else if (
-        l !== undefined &&
-        pl !== undefined &&
-        l.roleName === 'primary' &&
-        l.state === 'running' &&
-        pl.primary === this.opts.name &&
-        pl.generation === l.generation &&
+        currentPrimary &&
         pl.backup == null &&
         b.spec?.value.ft === true &&
         actions.some((x) => x.type === 'wait')
