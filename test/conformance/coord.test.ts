@@ -493,10 +493,9 @@ export function conformance(
       const d = await b.open();
       const k = `${fresh()}/a`;
       ok(await d.put(k, 1, 'any'));
-      const t0 = performance.now();
+      // A hang here is caught by the test's own timeout; no clock is asserted.
       await d.close();
       await d.close();
-      assert.ok(performance.now() - t0 < 2000);
       fails(await d.get(k), 'unavailable');
       fails(await d.put(k, 2, 'any'), 'unavailable');
       assert.equal(ok(await c.get(k))?.value, 1);
