@@ -8,7 +8,8 @@
 //    (protected), interleaved round by round. Throughput ratio FT/plain and
 //    the p50/p99 latencies of each, from redis-benchmark's --csv output.
 // 2. Logging bandwidth: bytes appended to the FT primary's log per second
-//    while redis-benchmark runs (the primary's ft.log grows by exactly what
+//    while redis-benchmark runs (the primary's live `logBytes`, from its own
+//    API: what the channel carries; its ft.log is a bounded spill buffer now)
 //    the channel carries), and per request.
 // 3. Synchronous replication, compared: a real redis-server with one replica,
 //    each write followed by WAIT 1 0 (the write is on the replica before the
@@ -27,7 +28,7 @@
 //                          [--requests N] [--kills N] [--rate-fraction F] [--rate N] [--out FILE]
 //        --only failover: only the kills; --only latency --rate N: only idle logging and the fixed load
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -81,6 +82,22 @@ function lockstep(...args) {
   const r = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 120_000 });
   if (r.status !== 0) throw new Error(`lockstep ${args.join(' ')}: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
+/** The primary's live count of log bytes produced, from its own host API. */
+let apiToken = null;
+async function liveLogBytes(name, primary) {
+  apiToken ??= spawnSync(process.execPath, [bin, 'cluster', 'token'], {
+    env,
+    encoding: 'utf8',
+  }).stdout.trim();
+  const res = await globalThis.fetch(`http://${hosts.get(primary).api}/v1/vms/${name}`, {
+    headers: { authorization: `Bearer ${apiToken}` },
+  });
+  const v = await res.json();
+  if (typeof v.logBytes !== 'number')
+    throw new Error(`no live logBytes from ${primary}: ${JSON.stringify(v)}`);
+  return v.logBytes;
 }
 
 async function waitProtected(name) {
@@ -270,12 +287,11 @@ try {
   for (let r = 0; r < (only === 'failover' || only === 'latency' ? 0 : rounds); r++) {
     const plain = redisBenchmark(ipPlain, 6379);
     const ftStatus = await waitProtected('ftkv');
-    const logFile = path.join(dir, ftStatus.primary, 'vms', 'ftkv', 'ft.log');
-    const bytes0 = statSync(logFile).size;
+    const bytes0 = await liveLogBytes('ftkv', ftStatus.primary);
     const t0 = performance.now();
     const ft = redisBenchmark(ipFt, 6379);
     const secs = (performance.now() - t0) / 1000;
-    const logBytes = statSync(logFile).size - bytes0;
+    const logBytes = (await liveLogBytes('ftkv', ftStatus.primary)) - bytes0;
     const row = {
       setRatio: ft.SET.rps / plain.SET.rps,
       getRatio: ft.GET.rps / plain.GET.rps,
@@ -292,10 +308,9 @@ try {
   if (only !== 'failover') {
     // Idle logging: the guest's own timers and polls, with no client.
     const st0 = await waitProtected('ftkv');
-    const idleLog = path.join(dir, st0.primary, 'vms', 'ftkv', 'ft.log');
-    const idle0 = statSync(idleLog).size;
+    const idle0 = await liveLogBytes('ftkv', st0.primary);
     await sleep(5000);
-    results.idleLogBytesPerSec = Math.round((statSync(idleLog).size - idle0) / 5);
+    results.idleLogBytesPerSec = Math.round(((await liveLogBytes('ftkv', st0.primary)) - idle0) / 5);
     // 5: latency at half the unprotected peak, and CPU per request on each host.
     // With --only latency the peak is measured here, once.
     const peak =

@@ -39,6 +39,13 @@ export interface VmStatus {
   exitCode: number | null;
   /** FT primary: outputs written and not yet released by the backup (a gauge), or null. */
   heldOutputs: number | null;
+  /**
+   * Live on the primary's host, null elsewhere: bytes of event log the VM has
+   * produced at this generation, and the size of its log file now (the part
+   * a backup may still be sent; bounded, see docs/FT.md).
+   */
+  logBytes: number | null;
+  logFileBytes: number | null;
 }
 
 export type HostState = 'up' | 'suspect' | 'down' | 'left';
@@ -108,6 +115,13 @@ export interface HostBackend {
   stopVm(name: string): Promise<ApiResult<VmStatus>>;
   /** Test failover of an FT VM: the backup takes over through the same path as a real failure. */
   failoverVm(name: string): Promise<ApiResult<VmStatus>>;
+  /** Switches fault tolerance on or off on a VM, running or not, without a restart. */
+  setFt(name: string, req: SetFtRequest): Promise<ApiResult<VmStatus>>;
+  /**
+   * Asks for the running VM to move to another host (live migration): the
+   * answer comes at once; the move shows in the VM's primary and generation.
+   */
+  migrateVm(name: string, req: MigrateRequest): Promise<ApiResult<VmStatus>>;
   removeVm(name: string): Promise<ApiResult<void>>;
   /** The tail of the VM's console log (stdout and stderr), at most `bytesMax` bytes. */
   vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>>;
@@ -122,6 +136,15 @@ export interface HostBackend {
    * disk as at the cut. Only the primary's host answers.
    */
   snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>>;
+}
+
+export interface SetFtRequest {
+  enabled: boolean;
+}
+
+export interface MigrateRequest {
+  /** The host to move the VM to. */
+  to: string;
 }
 
 export interface CloneRequest {

@@ -45,6 +45,8 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     disk: null,
     exitCode: null,
     heldOutputs: null,
+    logBytes: null,
+    logFileBytes: null,
     ...over,
   };
 }
@@ -100,6 +102,14 @@ class FakeBackend implements HostBackend {
   async stopVm(name: string): Promise<ApiResult<VmStatus>> {
     this.mutations++;
     return this.set(name, 'stopped');
+  }
+  async setFt(name: string, _req: { enabled: boolean }): Promise<ApiResult<VmStatus>> {
+    this.mutations++;
+    return this.set(name, 'running');
+  }
+  async migrateVm(name: string, _req: { to: string }): Promise<ApiResult<VmStatus>> {
+    this.mutations++;
+    return this.set(name, 'running');
   }
   async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
     this.mutations++;

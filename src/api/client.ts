@@ -168,6 +168,14 @@ export class ApiClient {
     return this.#json('POST', `${vmPath(name)}/failover`, undefined, checks.vm, 'VM status');
   }
 
+  setFt(name: string, enabled: boolean): Promise<ApiResult<VmStatus>> {
+    return this.#json('POST', `${vmPath(name)}/ft`, { enabled }, checks.vm, 'VM status');
+  }
+
+  migrateVm(name: string, to: string): Promise<ApiResult<VmStatus>> {
+    return this.#json('POST', `${vmPath(name)}/migrate`, { to }, checks.vm, 'VM status');
+  }
+
   removeVm(name: string): Promise<ApiResult<void>> {
     return this.#call<void>('DELETE', vmPath(name), undefined, { kind: 'empty' });
   }

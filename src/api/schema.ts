@@ -28,6 +28,8 @@ import type {
   VmStatus,
   HostState,
   ApiErrorCode,
+  SetFtRequest,
+  MigrateRequest,
 } from './backend.js';
 import type { VmRunState } from '../coord/records.js';
 
@@ -150,6 +152,12 @@ export const CloneRequestSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** POST /v1/vms/:name/ft: switch fault tolerance on or off on a running VM. */
+export const SetFtRequestSchema = Type.Object({ enabled: Type.Boolean() }, { additionalProperties: false });
+
+/** POST /v1/vms/:name/migrate: move the running VM to host `to`. */
+export const MigrateRequestSchema = Type.Object({ to: NameSchema }, { additionalProperties: false });
+
 /**
  * `?bytes=N` of the logs route. A digit string rather than an integer: the
  * server's ajv does not coerce types (so `"ft":"true"` stays an error in
@@ -184,6 +192,8 @@ export const VmStatusSchema = Type.Object({
   disk: Type.Union([Type.String(), Type.Null()]),
   exitCode: Type.Union([Type.Integer(), Type.Null()]),
   heldOutputs: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  logBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  logFileBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
 });
 
 export const VmStatusListSchema = Type.Array(VmStatusSchema);
@@ -243,6 +253,8 @@ assertType<Equals<Static<typeof HostStateSchema>, HostState>>();
 assertType<Equals<Static<typeof ApiErrorCodeSchema>, ApiErrorCode>>();
 assertType<Equals<Static<typeof ApiErrorSchema>, ApiError>>();
 assertType<Equals<Static<typeof VmStatusSchema>, VmStatus>>();
+assertType<Equals<Static<typeof SetFtRequestSchema>, SetFtRequest>>();
+assertType<Equals<Static<typeof MigrateRequestSchema>, MigrateRequest>>();
 assertType<Equals<Static<typeof HostStatusSchema>, HostStatus>>();
 assertType<Equals<Static<typeof HostInfoSchema>, HostInfo>>();
 assertType<Equals<Static<typeof CreateVmRequestSchema>, CreateVmRequest>>();

@@ -93,6 +93,12 @@ class FakeBackend implements HostBackend {
   async startVm(name: string): Promise<ApiResult<VmStatus>> {
     return this.gate(() => this.update(name, { desired: 'running', state: 'running' }));
   }
+  async setFt(name: string, req: { enabled: boolean }): Promise<ApiResult<VmStatus>> {
+    return this.gate(() => this.update(name, { ft: req.enabled }));
+  }
+  async migrateVm(name: string, _req: { to: string }): Promise<ApiResult<VmStatus>> {
+    return this.gate(() => this.update(name, { state: 'running' }));
+  }
   async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
     return this.gate(() => this.update(name, { state: 'running' }));
   }
@@ -171,6 +177,8 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     disk: null,
     exitCode: null,
     heldOutputs: null,
+    logBytes: null,
+    logFileBytes: null,
     ...over,
   };
 }
@@ -314,6 +322,8 @@ test('authenticated routes refuse a missing, wrong or malformed token with 401 a
       ['POST', '/v1/vms/web/start'],
       ['POST', '/v1/vms/web/stop'],
       ['POST', '/v1/vms/web/failover'],
+      ['POST', '/v1/vms/web/ft'],
+      ['POST', '/v1/vms/web/migrate'],
       ['DELETE', '/v1/vms/web'],
       ['GET', '/v1/vms/web/logs'],
       ['GET', '/v1/no-such-route'],

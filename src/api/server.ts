@@ -36,7 +36,15 @@ import {
   type FastifySchemaValidationError,
 } from 'fastify';
 import { pino, type Logger } from 'pino';
-import type { ApiErrorCode, ApiResult, CloneRequest, CreateVmRequest, HostBackend } from './backend.js';
+import type {
+  ApiErrorCode,
+  ApiResult,
+  CloneRequest,
+  CreateVmRequest,
+  HostBackend,
+  MigrateRequest,
+  SetFtRequest,
+} from './backend.js';
 
 /** The clone answer's header: "OFFSET,EVENTS", where the backup's log stream starts. */
 export const CLONE_START_HEADER = 'x-lockstep-clone-start';
@@ -45,6 +53,8 @@ import {
   VmLogsQuerySchema,
   VmNameParamsSchema,
   CloneRequestSchema,
+  SetFtRequestSchema,
+  MigrateRequestSchema,
   type ApiErrorBody,
   type HealthResponse,
   type PrimaryResponse,
@@ -268,6 +278,18 @@ export async function startApiServer(
   );
   app.post<{ Params: { name: string } }>('/v1/vms/:name/failover', nameRoute, async (req, reply) =>
     sendResult(reply, await backend.failoverVm(req.params.name), 200),
+  );
+
+  app.post<{ Params: { name: string }; Body: SetFtRequest }>(
+    '/v1/vms/:name/ft',
+    { schema: { params: VmNameParamsSchema, body: SetFtRequestSchema } },
+    async (req, reply) => sendResult(reply, await backend.setFt(req.params.name, req.body), 200),
+  );
+
+  app.post<{ Params: { name: string }; Body: MigrateRequest }>(
+    '/v1/vms/:name/migrate',
+    { schema: { params: VmNameParamsSchema, body: MigrateRequestSchema } },
+    async (req, reply) => sendResult(reply, await backend.migrateVm(req.params.name, req.body), 200),
   );
 
   app.delete<{ Params: { name: string } }>('/v1/vms/:name', nameRoute, async (req, reply) =>

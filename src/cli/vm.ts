@@ -10,7 +10,7 @@
  * without it, `ls` and `show` print a table or fields on stdout, and the
  * other commands a one-line account on stderr.
  */
-import { Option, type Command } from 'commander';
+import { Argument, Option, type Command } from 'commander';
 import net from 'node:net';
 import path from 'node:path';
 import { createWriteStream } from 'node:fs';
@@ -101,6 +101,47 @@ export function addVmCommands(program: Command): void {
       .option('--json', 'print the VM status as JSON'),
   ).action((name: string, o: AccessOptions & { wait: boolean; timeoutMs: string; json?: boolean }) =>
     runCli(() => vmFailover(name, o)),
+  );
+  addAccessOptions(
+    vm
+      .command('ft')
+      .description(
+        'switch fault tolerance on or off on a VM while it runs (on: a backup is cloned from it; off: the backup is dropped)',
+      )
+      .argument('<name>')
+      .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
+      .option('--no-wait', 'return at once')
+      .option(
+        '--timeout-ms <ms>',
+        'how long to wait for protected (on) or for the backup to go (off)',
+        String(WAIT_TIMEOUT_MS_DEFAULT),
+      )
+      .option('--json', 'print the VM status as JSON'),
+  ).action(
+    (
+      name: string,
+      state: 'on' | 'off',
+      o: AccessOptions & { wait: boolean; timeoutMs: string; json?: boolean },
+    ) => runCli(() => vmFt(name, state, o)),
+  );
+  addAccessOptions(
+    vm
+      .command('migrate')
+      .description(
+        'move a running VM to another host with its memory, disk and service address; connections open at the switch are reset',
+      )
+      .argument('<name>')
+      .requiredOption('--to <host>', 'the host to move it to')
+      .option('--no-wait', 'return at once')
+      .option(
+        '--timeout-ms <ms>',
+        'how long to wait for the VM to serve on the new host',
+        String(WAIT_TIMEOUT_MS_DEFAULT),
+      )
+      .option('--json', 'print the VM status as JSON'),
+  ).action(
+    (name: string, o: AccessOptions & { to: string; wait: boolean; timeoutMs: string; json?: boolean }) =>
+      runCli(() => vmMigrate(name, o)),
   );
   addAccessOptions(
     vm
@@ -243,6 +284,75 @@ async function vmFailover(
   );
 }
 
+async function vmFt(
+  name: string,
+  state: 'on' | 'off',
+  o: AccessOptions & { wait: boolean; timeoutMs: string; json?: boolean },
+): Promise<void> {
+  const timeoutMs = positiveInt(o.timeoutMs, '--timeout-ms');
+  await withAccess(
+    o,
+    async (a) => {
+      const r = unwrap(await a.client.setFt(name, state === 'on'));
+      if (!o.wait || r.state !== 'running') return printStatus(r, o.json);
+      const done =
+        state === 'on'
+          ? { what: 'protection', holds: (v: VmStatus) => v.protection === 'protected' }
+          : {
+              what: 'its backup dropped',
+              holds: (v: VmStatus) => v.protection === 'off' && v.backup === null,
+            };
+      printStatus(await waitFor(a, name, 'running', timeoutMs, done, progress(o.json)), o.json);
+    },
+    CLI_API_CHANGE_TIMEOUT_MS,
+  );
+}
+
+async function vmMigrate(
+  name: string,
+  o: AccessOptions & { to: string; wait: boolean; timeoutMs: string; json?: boolean },
+): Promise<void> {
+  const timeoutMs = positiveInt(o.timeoutMs, '--timeout-ms');
+  await withAccess(
+    o,
+    async (a) => {
+      // Read before asking: the move can be over by the time the answer comes.
+      const before = unwrap(await a.client.getVm(name));
+      const asked = unwrap(await a.client.migrateVm(name, o.to));
+      if (!o.wait) return printStatus(asked, o.json);
+      const moved = {
+        what: `its primary on ${o.to}`,
+        holds: (v: VmStatus) => {
+          if (v.generation <= before.generation) return false;
+          if (v.primary !== o.to)
+            throw new CliError(
+              `vm ${name} failed over to ${v.primary ?? 'no host'} during the migration; it was not moved to ${o.to}`,
+            );
+          return true;
+        },
+      };
+      printStatus(await waitFor(a, name, 'running', timeoutMs, moved, progress(o.json)), o.json);
+    },
+    CLI_API_CHANGE_TIMEOUT_MS,
+  );
+}
+
+/** A progress printer for long waits: one line on stderr whenever what people see changes. */
+function progress(json: boolean | undefined): (v: VmStatus) => void {
+  let last = '';
+  return (v) => {
+    if (json) return;
+    const line =
+      `${v.state}${v.primary ? ` on ${v.primary}` : ''}` +
+      (v.protection !== 'off' || v.backup !== null
+        ? `, ${v.protection === 'off' ? 'backup' : v.protection}${v.backup ? ` (backup ${v.backup})` : ''}`
+        : '') +
+      (v.reason ? `: ${v.reason}` : '');
+    if (line !== last) process.stderr.write(`  ${v.name}: ${line}\n`);
+    last = line;
+  };
+}
+
 /**
  * Polls until the VM reaches `want` (and, for 'running', accepts connections
  * at its address) and `also` holds (an FT backup attached, a failover done).
@@ -253,6 +363,7 @@ async function waitFor(
   want: 'running' | 'stopped',
   timeoutMs: number,
   also: { what: string; holds: (s: VmStatus) => boolean } | null = null,
+  onStatus: ((s: VmStatus) => void) | null = null,
 ): Promise<VmStatus> {
   const deadline = performance.now() + timeoutMs;
   let last: VmStatus | null = null;
@@ -260,6 +371,7 @@ async function waitFor(
     const r = await a.client.getVm(name);
     if (r.ok) {
       last = r.value;
+      onStatus?.(last);
       if (last.state === 'failed')
         throw new CliError(`vm ${name} failed: ${last.reason ?? 'no reason given'}`);
       if (want === 'stopped' && last.state === 'stopped') return last;

@@ -324,3 +324,104 @@ test('FT: a backup that had not caught up never goes live; with its primary gone
     { type: 'stop', discardOutputs: true, reason: 'a backup that had not caught up cannot go live' },
   ]);
 });
+
+const pair = (primary: string, backup: string | null, generation = 3, version = 'v7') => ({
+  value: { v: 1 as const, generation, primary, backup },
+  version,
+});
+
+test('FT off: the primary drops its backup from the placement by test-and-set, keeping the generation', () => {
+  const running = { generation: 3, state: 'running' as const, role: 'primary' as const };
+  assert.deepEqual(
+    decide(input({ spec: spec({ ft: false }), placement: pair('h1', 'h2'), local: running })),
+    [
+      {
+        type: 'place',
+        expectVersion: 'v7',
+        placement: { v: 1, generation: 3, primary: 'h1', backup: null },
+        fence: null,
+      },
+    ],
+  );
+  // Once dropped, nothing more (the daemon lets outputs go without waiting).
+  assert.deepEqual(
+    decide(input({ spec: spec({ ft: false }), placement: pair('h1', null), local: running })),
+    [],
+  );
+  // The backup's copy stops as soon as the placement no longer names it; its outputs never leave.
+  const backupCopy = { generation: 3, state: 'running' as const, role: 'backup' as const };
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: spec({ ft: false }), placement: pair('h1', null), local: backupCopy })),
+    [{ type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' }],
+  );
+  // Until then, it is still a backup like any other (it could take over if the primary died).
+  assert.deepEqual(
+    decide(input({ self: 'h2', spec: spec({ ft: false }), placement: pair('h1', 'h2'), local: backupCopy })),
+    [],
+  );
+});
+
+test('migration: the target becomes the backup (replacing another), and the primary hands over once protected', () => {
+  const running = { generation: 3, state: 'running' as const, role: 'primary' as const };
+  for (const ft of [false, true]) {
+    const s = spec({ ft, migrate: { to: 'h3', generation: 3 } });
+    // Not the target yet: it is named backup in place of any other, at the same generation.
+    for (const backup of [null, 'h2'])
+      assert.deepEqual(decide(input({ spec: s, placement: pair('h1', backup), local: running })), [
+        {
+          type: 'place',
+          expectVersion: 'v7',
+          placement: { v: 1, generation: 3, primary: 'h1', backup: 'h3' },
+          fence: null,
+        },
+      ]);
+    // The target holds the backup but is not protected yet: wait.
+    assert.deepEqual(decide(input({ spec: s, placement: pair('h1', 'h3'), local: running })), []);
+    // Protected: generation N+1 names the target primary, like a test failover.
+    assert.deepEqual(
+      decide(input({ spec: s, placement: pair('h1', 'h3'), local: running, ftProtected: true })),
+      [
+        {
+          type: 'place',
+          expectVersion: 'v7',
+          placement: { v: 1, generation: 4, primary: 'h3', backup: null },
+          fence: null,
+        },
+      ],
+    );
+    // On the target, the backup copy starts, and after the handover it goes live.
+    assert.deepEqual(decide(input({ self: 'h3', spec: s, placement: pair('h1', 'h3') })), [
+      { type: 'start', generation: 3, role: 'backup' },
+    ]);
+    const backupCopy = { generation: 3, state: 'running' as const, role: 'backup' as const };
+    assert.deepEqual(
+      decide(
+        input({
+          self: 'h3',
+          spec: s,
+          placement: pair('h3', null, 4),
+          local: backupCopy,
+          ftBackupCaughtUp: true,
+        }),
+      ),
+      [{ type: 'promote', generation: 4 }],
+    );
+    // The old primary sees it lost its place.
+    assert.deepEqual(decide(input({ spec: s, placement: pair('h3', null, 4), local: running })), [
+      { type: 'stop', discardOutputs: true, reason: 'another host holds the VM now' },
+    ]);
+  }
+  // A migration asked at another generation (a failover came in between) is over.
+  const stale = spec({ migrate: { to: 'h3', generation: 2 } });
+  assert.deepEqual(decide(input({ spec: stale, placement: pair('h1', null), local: running })), []);
+  // A target that is not up: the migration waits, saying why.
+  const down = new Map<string, PeerView>([
+    ['h1', 'up'],
+    ['h2', 'up'],
+    ['h3', 'down'],
+  ]);
+  const s = spec({ migrate: { to: 'h3', generation: 3 } });
+  assert.deepEqual(decide(input({ spec: s, hosts: down, placement: pair('h1', null), local: running })), [
+    { type: 'wait', reason: 'migration target h3 is not up' },
+  ]);
+});

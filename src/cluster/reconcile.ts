@@ -28,6 +28,17 @@
  * keeps a zombie primary silent (nothing it emits was acknowledged by a
  * backup that went live), and fencing keeps it off the service address.
  * Adding a backup keeps the generation: it changes no one's right to run.
+ *
+ * Every VM runs with its log recorded, so FT can be switched on and off
+ * while it runs: on, the primary names a backup (a live clone of it);
+ * off, the primary removes the backup from the placement by test-and-set
+ * (so it can no longer take over) before its outputs stop waiting for it.
+ *
+ * A live migration to host T (spec.migrate, at the placement's generation)
+ * rides on the same pair: the primary names T as its backup (replacing any
+ * other), and once T is protected the primary hands over by writing
+ * generation N+1 with T as primary, exactly as a test failover does. T goes
+ * live, the old copy sees it lost its place and stops.
  */
 import type { VmPlacement, VmSpec, VmRunState } from '../coord/records.js';
 
@@ -74,6 +85,14 @@ export interface ReconcileInput {
   ftBackupLost?: boolean;
   /** FT backup here: its session with the primary closed. */
   ftPrimaryLost?: boolean;
+  /**
+   * FT primary here: its backup is protected, live and as reported in the
+   * coordinator's status record (so the backup will see it caught up). A
+   * migration hands over only then.
+   */
+  ftProtected?: boolean;
+  /** FT primary here: the incarnation of its attached backup (a handover names it as caught up). */
+  ftBackupIncarnation?: string;
   /**
    * FT backup here: the primary has reported this pair protected at this
    * generation (the backup caught up with everything the primary had released
@@ -161,10 +180,26 @@ function waitForClaim(input: ReconcileInput, holder: string, generation: number)
   return null;
 }
 
+/** The host a migration asks the VM to move to, while it applies (see VmSpec.migrate). */
+export function migrationTarget(spec: VmSpec, placement: VmPlacement | null): string | null {
+  const m = spec.migrate;
+  if (m == null || placement === null || placement.primary === null) return null;
+  if (m.generation !== placement.generation || m.to === placement.primary) return null;
+  return m.to;
+}
+
 export function decide(input: ReconcileInput): ReconcileAction[] {
   const { self, spec, placement, local } = input;
   if (spec === null) return local !== null ? [{ type: 'remove-local' }] : [];
-  if (spec.ft) return decideFt(input, spec);
+  // A backup in play (FT on, a migration, or one still named or running after FT was switched off)
+  // is decideFt's business.
+  if (
+    spec.ft ||
+    migrationTarget(spec, placement?.value ?? null) !== null ||
+    (placement?.value.backup ?? null) !== null ||
+    local?.role === 'backup'
+  )
+    return decideFt(input, spec);
 
   const p = placement?.value ?? null;
   const actions: ReconcileAction[] = [];
@@ -222,9 +257,15 @@ export function decide(input: ReconcileInput): ReconcileAction[] {
   ];
 }
 
-/** decide() for an FT VM: a primary and a backup, each continuing alone only by winning N+1. */
+/**
+ * decide() for a VM with a backup in play: a primary and a backup, each
+ * continuing alone only by winning N+1. A backup is wanted while FT is on or
+ * a migration applies; otherwise one still named is dropped.
+ */
 function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
   const { self, placement } = input;
+  const target = migrationTarget(spec, placement?.value ?? null);
+  const wantBackup = spec.ft || target !== null;
   const local = input.local === null ? null : { ...input.local, role: input.local.role ?? 'primary' };
   const p = placement?.value ?? null;
   const active = local !== null && (local.state === 'running' || local.state === 'starting');
@@ -277,6 +318,35 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
       if (p.backup !== null && !gone(input.hosts.get(p.backup)) && input.ftBackupTakeoverOverdue !== true)
         return [{ type: 'wait', reason: `its backup ${p.backup} holds the VM's state and takes over` }];
       return [{ type: 'start', generation: p.generation, role: 'primary' }];
+    }
+    if (!wantBackup) {
+      // FT was switched off (or a migration ended) with a backup still named: the placement drops
+      // it first, so it can no longer take over; then outputs stop waiting for it (the daemon).
+      if (p.backup !== null)
+        return [{ type: 'place', expectVersion, placement: { ...p, backup: null }, fence: null }];
+      return [];
+    }
+    if (target !== null) {
+      // A migration: the target becomes the backup (replacing another), then takes over.
+      if (input.hosts.get(target) !== 'up')
+        return [{ type: 'wait', reason: `migration target ${target} is not up` }];
+      if (p.backup !== target)
+        return [{ type: 'place', expectVersion, placement: { ...p, backup: target }, fence: null }];
+      if (input.ftProtected === true && input.ftBackupLost !== true)
+        return [
+          {
+            type: 'place',
+            expectVersion,
+            placement: {
+              v: 1,
+              generation: p.generation + 1,
+              primary: target,
+              backup: null,
+              ...(input.ftBackupIncarnation !== undefined ? { caughtUp: input.ftBackupIncarnation } : {}),
+            },
+            fence: null,
+          },
+        ];
     }
     if (p.backup === null) {
       const b = chooseHost(input.hosts, input.loads, self);

@@ -55,6 +55,8 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
   }
   // Protection and lag are the primary's live view (from its backup's acknowledgements), never the wish.
   const live = spec.ft && state === 'running' ? (current?.ft ?? null) : null;
+  // Lag exists only while a backup is attached.
+  const attached = live !== null && (live.protection === 'syncing' || live.protection === 'protected');
   return {
     name: spec.name,
     state,
@@ -68,15 +70,12 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
     primary,
     backup: placement?.backup ?? null,
     address: spec.listen,
-    lagMs:
-      live === null || live.protection === 'unprotected'
-        ? null
-        : live.lagMs === null
-          ? null
-          : Math.round(live.lagMs),
-    lagEvents: live === null || live.protection === 'unprotected' ? null : (live.lagEvents ?? null),
-    lagBytes: live === null || live.protection === 'unprotected' ? null : (live.lagBytes ?? null),
+    lagMs: !attached || live.lagMs === null ? null : Math.round(live.lagMs),
+    lagEvents: !attached ? null : (live.lagEvents ?? null),
+    lagBytes: !attached ? null : (live.lagBytes ?? null),
     heldOutputs: live?.heldOutputs ?? null,
+    logBytes: null,
+    logFileBytes: null,
     desired: spec.desired,
     generation: placement?.generation ?? 0,
     wasm: spec.wasmPath,

@@ -90,9 +90,15 @@ export interface VmSpec {
   env: string[];
   args: string[];
   memoryMaxMib: number;
-  /** The wish for fault tolerance (issue 5 acts on it). */
+  /** The wish for fault tolerance; `lockstep vm ft NAME on|off` changes it on a running VM. */
   ft: boolean;
   desired: DesiredState;
+  /**
+   * A live migration asked for (`lockstep vm migrate`): move the primary to
+   * `to`. It applies only while the placement is at `generation`: the
+   * handover, or any failover meanwhile, moves the generation on and ends it.
+   */
+  migrate?: { to: string; generation: number } | null;
 }
 
 /** Where the VM runs. Its version is the VM's generation: every change is a test-and-set. */
@@ -102,12 +108,14 @@ export interface VmPlacement {
   generation: number;
   primary: string | null;
   backup: string | null;
-  /**
-   * FT: the folder holding the disk as it was at the log's first event, on
-   * the primary's host; a new backup starts from a copy of it. Hosts of a
-   * pair therefore share a filesystem until snapshots carry the disk.
-   */
+  /** Written by hosts before live clones (the disk as at the log's first event); ignored now. */
   ftBase?: string | null;
+  /**
+   * A handover (migration, test failover): the incarnation of the backup the
+   * writer saw protected at the previous generation. That backup may go live
+   * at once, without waiting to read a status record saying so.
+   */
+  caughtUp?: string;
 }
 
 /** The renewable claim of the host running an unprotected VM. */
@@ -135,7 +143,7 @@ export interface VmStatusRecord {
   exitCode: number | null;
   /** FT: the primary's live view of its protection (never the desired state). */
   ft?: {
-    protection: 'syncing' | 'protected' | 'unprotected';
+    protection: 'unprotected' | 'reprotecting' | 'syncing' | 'protected';
     reason: string | null;
     lagMs: number | null;
     /** Events and log bytes written and not yet acknowledged (absent in records of older hosts). */
@@ -143,5 +151,8 @@ export interface VmStatusRecord {
     lagBytes?: number | null;
     /** Outputs written and not yet released (a gauge; tests kill the primary only while it is above 0). */
     heldOutputs: number;
+    /** The backup this protection speaks of (absent in records of older hosts). */
+    backup?: string | null;
+    backupIncarnation?: string | null;
   };
 }

@@ -54,6 +54,8 @@ import type {
   ApiResult,
   CloneAnswer,
   CloneRequest,
+  MigrateRequest,
+  SetFtRequest,
   CreateVmRequest,
   HostBackend,
   HostInfo,
@@ -133,6 +135,8 @@ export interface HostOptions {
 export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'; message: string };
 
 /** Rejected frames are logged at most this often per reason (they are always counted). */
+/** How long a clone request waits for this host to offer the VM to the asking backup. */
+const CLONE_OFFER_WAIT_MS = 3000;
 const REJECT_LOG_INTERVAL_MS = 5000;
 /** An FT backup that failed to start or attach is tried again after this long. */
 const BACKUP_RETRY_MS = 1000;
@@ -568,6 +572,8 @@ export class HostDaemon implements HostBackend {
         claimTtlMs: this.opts.timings.claimTtlMs,
         ftBackupLost,
         ftPrimaryLost: local?.primaryLost ?? false,
+        ftProtected: local !== null && this.protectedAsReported(local, b),
+        ftBackupIncarnation: local?.ftStatus()?.backupIncarnation ?? undefined,
         ftBackupCaughtUp: local !== null && this.caughtUp(local, b),
         ftBackupTakeoverOverdue:
           now - (this.backupTakeoverWaitSinceMs.get(name) ?? Infinity) > FT_BACKUP_TAKEOVER_GRACE_MS,
@@ -601,6 +607,9 @@ export class HostDaemon implements HostBackend {
         actions.some((x) => x.type === 'wait')
       ) {
         l.runWithoutBackup('no other host is up to hold a backup');
+      } else if (currentPrimary && pl.backup == null && b.spec?.value.ft === false) {
+        // FT is off and the placement names no backup: nothing may wait for one.
+        l.runWithoutBackup('fault tolerance is off');
       }
     }
   }
@@ -676,11 +685,32 @@ export class HostDaemon implements HostBackend {
    * a host that restarted and attached again).
    */
   private backupLost(l: LocalVm, p: VmPlacement | null, hosts: Map<string, PeerView>): boolean {
-    if (l.backupLost) return true;
+    // Only the loss of the backup the placement names counts (not one it replaced meanwhile).
+    if (l.backupLost && (p === null || l.lostBackup === null || l.lostBackup === p.backup)) return true;
     if (p === null || p.backup == null || l.roleName !== 'primary') return false;
     const view = hosts.get(p.backup);
     if (view !== 'down' && view !== 'unknown') return false;
     return l.backupSilentMs(this.nowMs()) > this.opts.timings.membership.failAfterMs;
+  }
+
+  /**
+   * This host's primary is protected now, and its status record says so at
+   * its generation (the backup reads that record before it may go live).
+   */
+  private protectedAsReported(l: LocalVm, b: VmBundle): boolean {
+    const ft = l.ftStatus();
+    if (l.roleName !== 'primary' || ft?.protection !== 'protected') return false;
+    // Protected by the backup the placement names now, not by one it replaced (a migration).
+    const named = b.placement?.value.backup ?? null;
+    if (named === null || ft.backup !== named || ft.backupIncarnation === null) return false;
+    const st = b.status?.value;
+    return (
+      st !== undefined &&
+      st.host === this.opts.name &&
+      st.generation === l.generation &&
+      st.ft?.protection === 'protected' &&
+      st.ft.backupIncarnation === ft.backupIncarnation
+    );
   }
 
   /**
@@ -689,6 +719,16 @@ export class HostDaemon implements HostBackend {
    */
   private caughtUp(l: LocalVm, b: VmBundle): boolean {
     if (l.roleName !== 'backup') return false;
+    // A handover (a migration or a test failover) names the backup it knows caught up.
+    const p0 = b.placement?.value;
+    if (
+      !l.caughtUp &&
+      p0 !== undefined &&
+      p0.primary === this.opts.name &&
+      p0.generation === l.generation + 1 &&
+      p0.caughtUp === this.incarnation
+    )
+      l.caughtUp = true;
     if (!l.caughtUp) {
       const st = b.status?.value;
       const p = b.placement?.value;
@@ -699,7 +739,9 @@ export class HostDaemon implements HostBackend {
         st.generation === l.generation &&
         p.generation === l.generation &&
         p.backup === this.opts.name &&
-        st.ft?.protection === 'protected'
+        st.ft?.protection === 'protected' &&
+        // The record speaks of this copy's session, not of a backup this one replaced.
+        (st.ft.backupIncarnation === undefined || st.ft.backupIncarnation === this.incarnation)
       )
         l.caughtUp = true;
     }
@@ -732,12 +774,7 @@ export class HostDaemon implements HostBackend {
       case 'wait':
         return;
       case 'place': {
-        // A backup starts from the disk this primary's log started from.
-        const local = this.localVms.get(name);
-        const placement: VmPlacement =
-          a.placement.backup !== null && a.placement.primary === this.opts.name && local !== undefined
-            ? { ...a.placement, ftBase: local.ftBasePath }
-            : a.placement;
+        const placement: VmPlacement = a.placement;
         const r = await this.coord.put(
           vmPlacementKey(name),
           placement,
@@ -776,16 +813,16 @@ export class HostDaemon implements HostBackend {
           this.pendingFence.delete(name);
         }
         let role: LocalRole = { kind: 'plain' };
-        if (spec.ft && a.role === 'backup') {
+        if (a.role === 'backup') {
           // A backup that could not attach is tried again, but not in a tight loop.
           const last = this.backupStartAtMs.get(name) ?? -Infinity;
           if (this.nowMs() - last < BACKUP_RETRY_MS) return;
           this.backupStartAtMs.set(name, this.nowMs());
           const pl = b.placement?.value;
           const prim = pl?.primary == null ? undefined : this.hostRecords.get(pl.primary);
-          if (pl?.ftBase == null || prim === undefined) return; // not ready yet: a later pass retries
-          role = { kind: 'ft-backup', primary: prim, ftBase: pl.ftBase };
-        } else if (spec.ft) role = { kind: 'ft-primary' };
+          if (prim === undefined) return; // not registered yet: a later pass retries
+          role = { kind: 'ft-backup', primary: prim };
+        } else role = { kind: 'ft-primary' };
         return this.startLocal(spec, a.generation, role);
       }
       case 'promote':
@@ -1011,13 +1048,7 @@ export class HostDaemon implements HostBackend {
         const pl = p.value?.value ?? null;
         // A newer generation naming this host is an FT member's own win: reconciliation adopts or
         // promotes it (stopping here would throw away the very VM that won).
-        if (
-          pl !== null &&
-          pl.primary === this.opts.name &&
-          pl.generation > l.generation &&
-          this.localVms.get(name)?.spec.ft === true
-        )
-          continue;
+        if (pl !== null && pl.primary === this.opts.name && pl.generation > l.generation) continue;
         if (
           (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) &&
           this.opts.plantSkipGenerationCompare !== true
@@ -1119,13 +1150,18 @@ export class HostDaemon implements HostBackend {
     const ft =
       l !== undefined && l.roleName === 'primary' && l.generation === v.generation ? l.ftStatus() : null;
     if (ft === null || v.state !== 'running') return v;
+    const logs = { logBytes: ft.logBytes, logFileBytes: ft.logFileBytes };
+    // With FT off, protection stays 'off' (a backup may still be there while a migration runs).
+    if (!v.ft) return { ...v, ...logs, backup: v.backup, heldOutputs: ft.heldOutputs };
+    const attached = ft.protection === 'syncing' || ft.protection === 'protected';
     return {
       ...v,
+      ...logs,
       protection: ft.protection,
-      reason: ft.protection === 'unprotected' ? ft.reason : null,
-      lagMs: ft.protection === 'unprotected' || ft.lagMs === null ? null : Math.round(ft.lagMs),
-      lagEvents: ft.protection === 'unprotected' ? null : ft.lagEvents,
-      lagBytes: ft.protection === 'unprotected' ? null : ft.lagBytes,
+      reason: attached ? null : ft.reason,
+      lagMs: !attached || ft.lagMs === null ? null : Math.round(ft.lagMs),
+      lagEvents: !attached ? null : ft.lagEvents,
+      lagBytes: !attached ? null : ft.lagBytes,
       heldOutputs: ft.heldOutputs,
     };
   }
@@ -1294,6 +1330,59 @@ export class HostDaemon implements HostBackend {
     return this.getVm(name);
   }
 
+  async setFt(name: string, req: SetFtRequest): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    const spec = b.value.spec!;
+    if (spec.value.ft !== req.enabled) {
+      const r = await this.coord.put(
+        vmSpecKey(name),
+        { ...spec.value, ft: req.enabled },
+        { version: spec.version },
+      );
+      if (!r.ok)
+        return r.error.code === 'conflict'
+          ? conflict(`VM ${name} changed meanwhile; try again`)
+          : unavailable();
+      this.log.info({ vm: name, ft: req.enabled }, `${name}: fault tolerance ${req.enabled ? 'on' : 'off'}`);
+      this.reconcileSoon();
+    }
+    return this.getVm(name);
+  }
+
+  async migrateVm(name: string, req: MigrateRequest): Promise<ApiResult<VmStatus>> {
+    const b = await this.readVm(name);
+    if (!b.ok) return b;
+    const spec = b.value.spec!;
+    const pl = b.value.placement;
+    const st = b.value.status?.value;
+    if (spec.value.desired !== 'running' || pl === null || pl.value.primary === null)
+      return conflict(`VM ${name} is not running; start it, or create it with --host ${req.to}`);
+    if (pl.value.primary === req.to) return conflict(`VM ${name} runs on ${req.to} already`);
+    const view = this.hostView();
+    if (!this.hostRecords.has(req.to))
+      return { ok: false, error: { code: 'not-found', message: `no host named ${req.to} in this cluster` } };
+    if (view.get(req.to) !== 'up')
+      return conflict(`host ${req.to} is ${view.get(req.to) ?? 'unknown'}, not up`);
+    if (st === undefined || st.generation !== pl.value.generation || st.state !== 'running')
+      return conflict(`VM ${name} is not running at its current generation; try again once it is`);
+    const r = await this.coord.put(
+      vmSpecKey(name),
+      { ...spec.value, migrate: { to: req.to, generation: pl.value.generation } },
+      { version: spec.version },
+    );
+    if (!r.ok)
+      return r.error.code === 'conflict'
+        ? conflict(`VM ${name} changed meanwhile; try again`)
+        : unavailable();
+    this.log.info(
+      { vm: name, from: pl.value.primary, to: req.to, generation: pl.value.generation },
+      `${name}: migration from ${pl.value.primary} to ${req.to} asked`,
+    );
+    this.reconcileSoon();
+    return this.getVm(name);
+  }
+
   async failoverVm(name: string): Promise<ApiResult<VmStatus>> {
     const b = await this.readVm(name);
     if (!b.ok) return b;
@@ -1314,6 +1403,7 @@ export class HostDaemon implements HostBackend {
       generation: pl.value.generation + 1,
       primary: pl.value.backup,
       backup: null,
+      ...(st?.ft?.backupIncarnation != null ? { caughtUp: st.ft.backupIncarnation } : {}),
     };
     const r = await this.coord.put(vmPlacementKey(name), next, { version: pl.version });
     if (!r.ok)
@@ -1365,13 +1455,23 @@ export class HostDaemon implements HostBackend {
     const l = this.localVms.get(name);
     if (l === undefined || l.roleName !== 'primary')
       return { ok: false, error: { code: 'conflict', message: `this host is not ${name}'s primary` } };
+    // The backup may read the placement naming it before this host's pass offers it: wait a little.
+    for (
+      let i = 0;
+      i < CLONE_OFFER_WAIT_MS / 50 && !l.isOfferedTo(req.backup, req.incarnation, req.generation);
+      i++
+    ) {
+      this.reconcileSoon();
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const r = await l.clone(req.backup, req.incarnation, req.generation);
     if (typeof r === 'string') return { ok: false, error: { code: 'conflict', message: r } };
+    const bytes = r.body.reduce((n, b) => n + b.byteLength, 0);
     this.log.info(
-      { vm: name, backup: req.backup, start: r.start },
-      `${name}: clone for ${req.backup} at call ${r.start.events} (${r.body.reduce((n, b) => n + b.byteLength, 0)} bytes)`,
+      { vm: name, backup: req.backup, start: r.start, bytes, pauseMs: Math.round(r.pauseMs * 10) / 10 },
+      `${name}: clone for ${req.backup} at call ${r.start.events} (${bytes} bytes, the guest held ${r.pauseMs.toFixed(1)} ms)`,
     );
-    return { ok: true, value: r };
+    return { ok: true, value: { start: r.start, body: r.body } };
   }
 
   async vmLogs(name: string, bytesMax: number): Promise<ApiResult<string>> {

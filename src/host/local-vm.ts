@@ -10,9 +10,9 @@
  *   disk/            the VM's disk (preopened as /data)
  *   disk.generation  the generation that last ran on this disk, as text
  *   console.log      the guest's stdout and stderr, appended
- *   ft-base/         FT: the disk as it was at the log's first event (a new
- *                    backup starts from a copy of it)
- *   ft.log           FT: the whole event log, served to a backup from event 0
+ *   frozen/          while a snapshot is taken: the disk as at its cut
+ *   ft.log           the log's prefix and what a backup may still be sent
+ *                    (src/host/ft-pair.ts); bounded
  *
  * Invariants:
  * - The disk is reused only when this host ran this generation (the host
@@ -59,7 +59,7 @@ export interface FtServices {
 
 /** How a VM runs here: alone, or as one member of an FT pair. */
 export type LocalRole =
-  { kind: 'plain' } | { kind: 'ft-primary' } | { kind: 'ft-backup'; primary: HostRecord; ftBase: string };
+  { kind: 'plain' } | { kind: 'ft-primary' } | { kind: 'ft-backup'; primary: HostRecord };
 
 /** How long a backup waits for its primary's host to send a clone. */
 const CLONE_FETCH_TIMEOUT_MS = 60_000;
@@ -86,6 +86,12 @@ export class LocalVm {
   private offered: { backup: string; incarnation: string; generation: number; atMs: number } | null = null;
   /** FT primary: the offered backup's session closed, or it never attached in time. */
   backupLost = false;
+  /**
+   * Which backup backupLost speaks of: a backup the placement has just
+   * replaced (a migration) may close its session before this copy hears of
+   * the replacement, and that says nothing about the new one.
+   */
+  lostBackup: string | null = null;
   /** FT backup: the session with the primary closed. */
   primaryLost = false;
   /** FT backup: the primary reported the pair protected at this copy's generation (it caught up). */
@@ -132,10 +138,6 @@ export class LocalVm {
     return this.role.kind === 'ft-backup' ? 'backup' : 'primary';
   }
 
-  get ftBasePath(): string {
-    return path.join(this.dir, 'ft-base');
-  }
-
   private get ftLogPath(): string {
     return path.join(this.dir, 'ft.log');
   }
@@ -148,6 +150,10 @@ export class LocalVm {
     lagEvents: number | null;
     lagBytes: number | null;
     heldOutputs: number;
+    logBytes: number;
+    logFileBytes: number;
+    backup: string | null;
+    backupIncarnation: string | null;
   } | null {
     const ps = this.pside;
     if (ps === null) return null;
@@ -158,6 +164,10 @@ export class LocalVm {
       lagEvents: ps.lag()?.events ?? null,
       lagBytes: ps.lag()?.bytes ?? null,
       heldOutputs: this.vm?.outputGate?.heldMarks ?? 0,
+      logBytes: ps.logBytes,
+      logFileBytes: ps.logFileBytes,
+      backup: ps.backupAttached ? (this.offered?.backup ?? null) : null,
+      backupIncarnation: ps.backupAttached ? (this.offered?.incarnation ?? null) : null,
     };
   }
   private ftReason: string | null = 'no backup attached yet';
@@ -191,6 +201,7 @@ export class LocalVm {
         !this.backupLost
       ) {
         this.backupLost = true;
+        this.lostBackup = backup;
         this.ftReason = `backup ${backup} did not attach within ${FT_ATTACH_TIMEOUT_MS} ms`;
         this.ft?.changed();
       }
@@ -209,10 +220,18 @@ export class LocalVm {
    */
   runWithoutBackup(reason: string): void {
     const ps = this.pside;
-    if (ps === null || this.vm?.outputGate?.open === true) return;
-    this.offered = null;
-    this.ftReason = reason;
-    ps.runAlone(reason);
+    if (ps === null) return;
+    // A backup no longer wanted is not lost: its going says nothing.
+    this.backupLost = false;
+    // Called at every reconciliation pass: only a change is acted on.
+    if (this.offered !== null || ps.state !== 'unprotected') {
+      this.offered = null;
+      ps.runAlone(reason);
+    }
+    if (this.ftReason !== reason) {
+      this.ftReason = reason;
+      this.ft?.changed();
+    }
   }
 
   /** FT primary: it won `generation` without its backup; what it held leaves now. */
@@ -224,6 +243,12 @@ export class LocalVm {
     this.pside?.runAlone(reason);
     // Asserted again (idempotent), and announced: this copy is the VM's only one now.
     void this.claimAddress();
+  }
+
+  /** Whether `backup` (at `incarnation`) is offered this VM at `generation`. */
+  isOfferedTo(backup: string, incarnation: string, generation: number): boolean {
+    const o = this.offered;
+    return o !== null && o.backup === backup && o.incarnation === incarnation && o.generation === generation;
   }
 
   /** A snapshot file of the running VM, with its disk as at the cut (`lockstep vm snapshot`). */
@@ -260,7 +285,7 @@ export class LocalVm {
     backup: string,
     incarnation: string,
     generation: number,
-  ): Promise<{ start: StreamPosition; body: Buffer[] } | string> {
+  ): Promise<{ start: StreamPosition; body: Buffer[]; pauseMs: number } | string> {
     const ps = this.pside;
     const vm = this.vm;
     if (ps === null || vm === null || this.state !== 'running')
@@ -270,19 +295,24 @@ export class LocalVm {
       return `${this.spec.name} is not offered to ${backup} (incarnation ${incarnation}) at generation ${generation}`;
     if (this.cloning) return `a clone of ${this.spec.name} is being made already`;
     this.cloning = true;
+    // The log keeps everything from here until the snapshot's position is known.
+    ps.cloneBegins();
+    let begun = true;
     try {
       const snap = await vm.snapshot();
       if (snap === null) return `${this.spec.name} stopped`;
       if (snap.events === null) throw new Error('assertion: an FT primary snapshot has a log position');
       if (snap.disk != null && 'error' in snap.disk) return `cannot freeze the disk: ${snap.disk.error}`;
+      begun = false;
       const start = await ps.cloneStart(snap.events);
       const body: Buffer[] = [];
       // The writer hands out views of memory and files: copy them as they come.
       await writeVmSnapshot(vm, snap, (p) => body.push(...p.map((x) => Buffer.from(x))), Date.now(), {
         diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
       });
-      return { start, body };
+      return { start, body, pauseMs: snap.pauseMs ?? 0 };
     } finally {
+      if (begun) ps.cloneAbandoned();
       vm.thawSnapshotDisk();
       this.cloning = false;
     }
@@ -304,7 +334,7 @@ export class LocalVm {
     this.bside = null;
     this.generation = generation;
     this.role = { kind: 'ft-primary' };
-    this.pside = this.primarySide(vm, null, at);
+    this.pside = this.primarySide(vm, Vm.logPrefix(vm.logHeader()), at);
     this.offered = null;
     this.ftReason = reason;
     this.pside.runAlone(reason);
@@ -314,7 +344,7 @@ export class LocalVm {
 
   private primarySide(
     vm: Vm,
-    prefix: Buffer | null,
+    prefix: Buffer,
     continueAt?: { fileBytes: number; events: number },
   ): FtPrimarySide {
     const ft = this.ft!;
@@ -328,7 +358,7 @@ export class LocalVm {
       lagBoundMs: ft.lagBoundMs,
       log: ft.log,
       onProtection: (p, reason) => {
-        if (p !== 'unprotected') this.ftReason = null;
+        if (p === 'syncing' || p === 'protected') this.ftReason = null;
         else if (reason !== null) this.ftReason = reason;
         ft.changed();
       },
@@ -341,6 +371,7 @@ export class LocalVm {
       },
       onBackupLost: (reason) => {
         this.backupLost = true;
+        this.lostBackup = this.offered?.backup ?? null;
         this.ftReason = `backup lost: ${reason.message}`;
         ft.changed();
       },
@@ -379,11 +410,6 @@ export class LocalVm {
             ? null
             : path.join(this.dir, 'disk')
           : await this.prepareDisk();
-      if (role.kind === 'ft-primary' && disk !== null) {
-        // The log starts here, so a backup must start from this very disk: keep a copy.
-        await rm(this.ftBasePath, { recursive: true, force: true });
-        await cp(disk, this.ftBasePath, { recursive: true });
-      }
       consoleFd = openSync(this.consoleLog, 'a', 0o600);
       writeSync(consoleFd, `--- lockstep: ${this.spec.name} generation ${this.generation} starting\n`);
       const listen = parseListen(this.spec.listen);
@@ -413,7 +439,7 @@ export class LocalVm {
       if (!loaded.ok) return this.finish('failed', loaded.error.message, null, consoleFd);
       if (this.stopRequested) return this.finish('stopped', 'stopped before it started', null, consoleFd);
       this.vm = loaded.vm;
-      const prefix = role.kind === 'ft-primary' ? Vm.logPrefix(loaded.vm.logHeader()) : null;
+      const prefix = Vm.logPrefix(loaded.vm.logHeader());
       if (role.kind !== 'ft-backup') {
         const addressProblem = await this.claimAddress();
         if (addressProblem !== null) {
@@ -451,7 +477,6 @@ export class LocalVm {
           linkDelayMs: ft.linkDelayMs,
           vm: loaded.vm,
           vmName: this.spec.name,
-          logPath: this.ftLogPath,
           primaryAddress: { host: m[1]!, port: Number(m[2]) },
           primary: role.primary.name,
           primaryIncarnation: role.primary.incarnation,
@@ -519,7 +544,6 @@ export class LocalVm {
     if (!f.ok) return `cannot clone from ${primary.name}: ${f.message}`;
     const staging = path.join(this.dir, 'clone-disk');
     await rm(staging, { recursive: true, force: true });
-    await rm(this.ftBasePath, { recursive: true, force: true });
     const r = await readVmSnapshot(f.body, { diskInto: staging });
     if (!r.ok) return `the clone from ${primary.name} was refused (${r.code}): ${r.message}`;
     if (this.spec.disk !== null) {
@@ -535,19 +559,6 @@ export class LocalVm {
 
   /** Why a start ended early (an FT backup that could not attach), for the failed state. */
   private startError: string | null = null;
-
-  /** FT backup: the disk as the primary had it at the log's first event. */
-  private async prepareBackupDisk(ftBase: string): Promise<string | null> {
-    if (this.spec.disk === null) return null;
-    const disk = path.join(this.dir, 'disk');
-    await rm(disk, { recursive: true, force: true });
-    await cp(ftBase, disk, { recursive: true });
-    // A backup that goes live serves backups of its own from the same first event.
-    await rm(this.ftBasePath, { recursive: true, force: true });
-    await cp(ftBase, this.ftBasePath, { recursive: true });
-    await writeFile(path.join(this.dir, 'disk.generation'), `${this.generation}\n`);
-    return disk;
-  }
 
   holdOutputs(held: boolean): void {
     this.vm?.holdOutputs(held);
@@ -592,6 +603,16 @@ export class LocalVm {
         return this.finish('stopped', 'stopped', null, consoleFd);
       case 'host-error':
         return this.finish('failed', `host error: ${o.message}`, null, consoleFd);
+      case 'divergence': {
+        // A backup that cannot follow its primary's log: the details say where, for the bug report.
+        const d = o.divergence;
+        return this.finish(
+          'failed',
+          `replay diverged at call ${d.seq}: ${d.detail} (expected ${d.expected.fn}, found ${d.found.fn})`,
+          null,
+          consoleFd,
+        );
+      }
       default:
         return this.finish('failed', `unexpected stop: ${o.stop}`, null, consoleFd);
     }

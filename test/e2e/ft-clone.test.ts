@@ -63,16 +63,22 @@ test(
       );
       const [addr] = await primary.start();
       const port = addr!.port;
+      const prefix = Vm.logPrefix(primary.logHeader());
       const pside = new FtPrimarySide({
         vm: primary,
         vmName: 'kv',
         logPath: path.join(dir.dir, 'p.log'),
-        prefix: Vm.logPrefix(primary.logHeader()),
+        prefix,
         server,
         lagBoundMs: 2000,
+        // Small, so that the cut of a sent part happens in this short run too.
+        compactBytes: 64 * 1024,
         log: quiet,
       });
       pside.runAlone('no backup yet');
+      let fileBytesMax = 0;
+      const sampler = setInterval(() => (fileBytesMax = Math.max(fileBytesMax, pside.logFileBytes)), 5);
+      t.after(() => clearInterval(sampler));
       t.diagnostic(`setup: KV primary on 127.0.0.1:${port}, seed ${seed}, files in ${dir.dir}`);
 
       // Unprotected for a while: this is the state a clone must carry over.
@@ -81,6 +87,9 @@ test(
         loadArgs({ port, clients: 4, keys: KEYS, durationMs: 1500, opsMax: 200_000, seed, out: outs[0]! }),
       );
       await first.exited;
+      // Bounded logs: with no backup, nothing needs the log, and the file holds only its prefix.
+      assert.ok(pside.logBytes > prefix.byteLength * 10, `the log grew: ${pside.logBytes} bytes`);
+      assert.equal(pside.logFileBytes, prefix.byteLength);
 
       const load2 = startLoadProcess(
         children,
@@ -119,7 +128,6 @@ test(
         selfIncarnation: incB,
         vm: backup,
         vmName: 'kv',
-        logPath: path.join(dir.dir, 'b.log'),
         primaryAddress: server.address(),
         primary: 'hp',
         primaryIncarnation: incP,
@@ -140,6 +148,11 @@ test(
       );
 
       await load2.exited;
+      // Once the backup has been handed everything, the file holds only the prefix again.
+      await waitFor(() => pside.logFileBytes === prefix.byteLength, 20_000, 'the sent log to be dropped');
+      t.diagnostic(
+        `log: ${pside.logBytes} bytes written in all; the file peaked at ${fileBytesMax} bytes (prefix ${prefix.byteLength})`,
+      );
       // The crash, under load, while the primary holds outputs.
       const load3 = startLoadProcess(
         children,
@@ -166,7 +179,7 @@ test(
         vm: backup,
         vmName: 'kv',
         logPath: path.join(dir.dir, 'b.log'),
-        prefix: null,
+        prefix: Vm.logPrefix(backup.logHeader()),
         continueAt: live,
         server,
         lagBoundMs: 2000,

@@ -18,7 +18,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { tmpdir } from 'node:os';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import type { VmStatus } from '../../src/api/backend.js';
 import { ApiClient } from '../../src/api/client.js';
@@ -56,14 +56,41 @@ async function waitProtected(c: LocalCluster, name: string, timeoutMs: number): 
   );
 }
 
-/** The live gauge of held outputs, from the primary's own API. */
-async function heldOutputs(c: LocalCluster, token: string, primary: string, name: string): Promise<number> {
+/** The VM's live status from its primary's own API (held outputs, log bytes), or null. */
+async function liveStatus(
+  c: LocalCluster,
+  token: string,
+  primary: string,
+  name: string,
+): Promise<VmStatus | null> {
   const h = c.hosts.find(
     (x) => x.name === primary && x.child.exitCode === null && x.child.signalCode === null,
   );
-  if (h === undefined) return 0;
+  if (h === undefined) return null;
   const r = await new ApiClient({ endpoints: [h.api], token, timeoutMs: 1000 }).getVm(name);
-  return r.ok ? (r.value.heldOutputs ?? 0) : 0;
+  return r.ok ? r.value : null;
+}
+
+/** The live gauge of held outputs, from the primary's own API. */
+async function heldOutputs(c: LocalCluster, token: string, primary: string, name: string): Promise<number> {
+  return (await liveStatus(c, token, primary, name))?.heldOutputs ?? 0;
+}
+
+/**
+ * Bounded logs: once a pair is protected and idle, no host keeps more FT log
+ * than this on disk (the logs hold only what a backup may still be sent).
+ */
+const LOG_FILE_BOUND_BYTES = 1024 * 1024;
+
+/** The size of the VM's ft.log on every host that has one. */
+function logFileSizes(c: LocalCluster, name: string): Map<string, number> {
+  const out = new Map<string, number>();
+  const hostsDir = path.join(c.dir, 'hosts');
+  for (const h of existsSync(hostsDir) ? readdirSync(hostsDir) : []) {
+    const f = path.join(hostsDir, h, 'vms', name, 'ft.log');
+    if (existsSync(f)) out.set(h, statSync(f).size);
+  }
+  return out;
 }
 
 async function crashSuite(t: { diagnostic(s: string): void }, c: LocalCluster, label: string): Promise<void> {
@@ -80,9 +107,20 @@ async function crashSuite(t: { diagnostic(s: string): void }, c: LocalCluster, l
   const token = (await c.cli(['cluster', 'token'])).stdout.trim();
   const histories: KvOpRecord[][] = [];
   const outDir = tempDir('ft-cluster-hist');
+  let logBytesTotal = 0;
+  let logFileMax = 0;
   try {
     for (let k = 0; k < KILLS; k++) {
       const before = await waitProtected(c, 'ftkv', 60_000);
+      // Re-protected by itself (k > 0): the logs on disk hold no more than a backup may need.
+      const sizes = logFileSizes(c, 'ftkv');
+      for (const [h, n] of sizes) {
+        logFileMax = Math.max(logFileMax, n);
+        assert.ok(
+          n <= LOG_FILE_BOUND_BYTES,
+          `${h}'s ft.log holds ${n} bytes with the pair protected and idle`,
+        );
+      }
       const out = path.join(outDir.dir, `h${k}.json`);
       const load = startLoadProcess(
         children,
@@ -113,6 +151,7 @@ async function crashSuite(t: { diagnostic(s: string): void }, c: LocalCluster, l
         10_000,
         5,
       );
+      logBytesTotal += (await liveStatus(c, token, primary, 'ftkv'))?.logBytes ?? 0;
       const victim = c.hosts.find((h) => h.name === primary && h.child.exitCode === null)!;
       victim.child.kill('SIGKILL');
       await victim.exited;
@@ -143,6 +182,9 @@ async function crashSuite(t: { diagnostic(s: string): void }, c: LocalCluster, l
     t.diagnostic(formatCheckResult(result));
     // Every new backup was made by live clone (a snapshot of the running primary), not by
     // replaying from the first event.
+    t.diagnostic(
+      `bounded logs: the primaries produced at least ${logBytesTotal} bytes of log; the largest ft.log seen with the pair protected was ${logFileMax} bytes`,
+    );
     const clones = c.allLogs().match(/clone for \w+ at call \d+/g) ?? [];
     t.diagnostic(`backups made by live clone: ${clones.length} (${clones.slice(0, 3).join('; ')}…)`);
     assert.ok(clones.length >= KILLS, `at least one clone per re-protection, got ${clones.length}`);

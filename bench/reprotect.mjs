@@ -1,0 +1,257 @@
+#!/usr/bin/env node
+// Re-protection and live migration benchmarks (issue 6), on one 3-host local
+// cluster (file: coordinator, fast profile) on loopback. All figures are
+// medians over rounds, with a baseline measured in the same run.
+//
+// 1. Time to re-protect: the example KV server holds --fill-mib MiB of values
+//    (its linear memory and its append-only file both grow past that); per
+//    round, `lockstep vm ft kv on` is issued and timed until the primary's own
+//    API says `protected` (polled every 10 ms): naming the backup, the
+//    snapshot, streaming memory and disk to the backup's host, its restore,
+//    the attach and the catch-up. Then `vm ft kv off`. The primary's pause for
+//    the snapshot is read from its host's log line for the clone. Baseline in
+//    the same run: sending the same number of bytes (the clone's size) through
+//    one loopback TCP connection between two processes.
+// 2. Migration stall: a client sends GETs back to back on one connection
+//    (reconnecting at once when it is reset) while `lockstep vm migrate` moves
+//    the VM, FT off, to the next host; the stall is the longest gap between two
+//    answers. Baseline in the same run: the longest gap over the same time
+//    with no migration.
+//
+// Usage: node bench/reprotect.mjs [--fill-mib 64] [--rounds 5] [--out FILE]
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+
+import { median, startHost as startHostIn } from './lib/cluster.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bin = path.join(root, 'bin', 'lockstep.js');
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : dflt;
+};
+const fillMib = Number(arg('--fill-mib', '64'));
+const rounds = Number(arg('--rounds', '5'));
+const out = arg('--out', null);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const round1 = (x) => Math.round(x * 10) / 10;
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'lockstep-bench-reprotect-'));
+const coordinator = `file:${path.join(dir, 'coord')}`;
+const env = { ...process.env, LOCKSTEP_COORDINATOR: coordinator };
+const hosts = new Map();
+const children = new Set();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+function lockstep(...args) {
+  const r = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 180_000 });
+  if (r.status !== 0) throw new Error(`lockstep ${args.join(' ')}: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
+let token = null;
+/** The VM as its primary's own host sees it (live protection). */
+async function live(name) {
+  token ??= spawnSync(process.execPath, [bin, 'cluster', 'token'], { env, encoding: 'utf8' }).stdout.trim();
+  const s = lockstep('vm', 'show', name, '--json');
+  const res = await globalThis.fetch(`http://${hosts.get(s.primary).api}/v1/vms/${name}`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  return res.json();
+}
+
+/** Sends `bytes` through one loopback TCP connection to a child process; ms from connect to its last byte. */
+async function loopbackCopyMs(bytes) {
+  const child = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>{n+=d.length;if(n>=${bytes})c.end('k')})}).listen(0,'127.0.0.1',()=>console.log(s.address().port))`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.add(child);
+  const port = await new Promise((r) => child.stdout.once('data', (d) => r(Number(String(d).trim()))));
+  const chunk = Buffer.alloc(1024 * 1024, 7);
+  const t0 = performance.now();
+  await new Promise((resolve, reject) => {
+    const c = net.connect({ host: '127.0.0.1', port }, async () => {
+      for (let sent = 0; sent < bytes; sent += chunk.byteLength)
+        if (!c.write(chunk)) await new Promise((r) => c.once('drain', r));
+    });
+    c.on('data', () => resolve());
+    c.on('error', reject);
+  });
+  const ms = performance.now() - t0;
+  child.kill();
+  return ms;
+}
+
+/** GETs back to back for `ms`, reconnecting at once after a reset; the longest gap between answers. */
+async function longestGapMs(ip, ms, during = async () => {}) {
+  let gapMax = 0;
+  let last = performance.now();
+  let stop = false;
+  let answers = 0;
+  let resets = 0;
+  const loop = (async () => {
+    while (!stop) {
+      const r = new Redis({
+        host: ip,
+        port: 6379,
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        retryStrategy: null,
+      });
+      r.on('error', () => {});
+      try {
+        await r.connect();
+        while (!stop) {
+          await r.get('big:0');
+          const now = performance.now();
+          gapMax = Math.max(gapMax, now - last);
+          last = now;
+          answers++;
+        }
+      } catch {
+        resets++;
+        await sleep(1);
+      } finally {
+        r.disconnect();
+      }
+    }
+  })();
+  const t0 = performance.now();
+  await during();
+  const left = ms - (performance.now() - t0);
+  if (left > 0) await sleep(left);
+  stop = true;
+  await loop;
+  return { gapMaxMs: gapMax, answers, resets };
+}
+
+const results = { date: new Date().toISOString(), fillMib, rounds, reprotect: [], migrate: [] };
+try {
+  for (const name of ['h1', 'h2', 'h3']) {
+    const h = await startHostIn(dir, name, coordinator, 'fast');
+    children.add(h.child);
+    hosts.set(name, h);
+  }
+  const image = path.join(dir, 'image');
+  mkdirSync(image);
+  const ip = '127.0.0.47';
+  lockstep(
+    'vm',
+    'create',
+    'kv',
+    '--wasm',
+    path.join(root, 'examples', 'kv', 'kv.wasm'),
+    '--listen',
+    `${ip}:6379`,
+    '--disk',
+    image,
+    '--host',
+    'h1',
+    '--memory-max-mib',
+    String(Math.max(256, fillMib * 3)),
+    '--json',
+  );
+  const r = new Redis({ host: ip, port: 6379, lazyConnect: true, maxRetriesPerRequest: 0 });
+  await r.connect();
+  const valueBytes = 256 * 1024;
+  const value = 'x'.repeat(valueBytes);
+  for (let i = 0; i < Math.ceil((fillMib * 1024 * 1024) / valueBytes); i++) await r.set(`big:${i}`, value);
+  r.disconnect();
+  process.stderr.write(`filled ${fillMib} MiB\n`);
+
+  // 1. Re-protection.
+  for (let k = 0; k < rounds; k++) {
+    const logBefore = [...hosts.values()].map((h) => h.log()).join('');
+    const t0 = performance.now();
+    const p = spawn(process.execPath, [bin, 'vm', 'ft', 'kv', 'on', '--no-wait', '--json'], {
+      env,
+      stdio: 'ignore',
+    });
+    let s = null;
+    for (;;) {
+      s = await live('kv').catch(() => null);
+      if (s?.protection === 'protected') break;
+      if (performance.now() - t0 > 120_000)
+        throw new Error(`not protected after 120 s: ${JSON.stringify(s)}`);
+      await sleep(10);
+    }
+    const ms = performance.now() - t0;
+    await new Promise((res) => p.once('exit', res));
+    const logs = [...hosts.values()]
+      .map((h) => h.log())
+      .join('')
+      .slice(logBefore.length);
+    const line = logs.split('\n').find((l) => l.includes('"pauseMs"'));
+    const clone = line ? JSON.parse(line) : {};
+    const baseMs = await loopbackCopyMs(clone.bytes ?? fillMib * 2 * 1024 * 1024);
+    results.reprotect.push({
+      ms,
+      pauseMs: clone.pauseMs ?? null,
+      cloneBytes: clone.bytes ?? null,
+      baseMs,
+      backup: s.backup,
+    });
+    process.stderr.write(
+      `re-protect ${k + 1}/${rounds}: ${Math.round(ms)} ms to protected (backup ${s.backup}), clone ${clone.bytes} bytes, pause ${clone.pauseMs} ms; loopback copy of the same bytes ${Math.round(baseMs)} ms\n`,
+    );
+    lockstep('vm', 'ft', 'kv', 'off', '--json');
+  }
+
+  // 2. Migration stall, FT off, around the hosts.
+  for (let k = 0; k < rounds; k++) {
+    const base = await longestGapMs(ip, 3000);
+    const from = lockstep('vm', 'show', 'kv', '--json').primary;
+    const to = ['h1', 'h2', 'h3'][(['h1', 'h2', 'h3'].indexOf(from) + 1) % 3];
+    let moveMs = 0;
+    const m = await longestGapMs(ip, 3000, async () => {
+      const t0 = performance.now();
+      lockstep('vm', 'migrate', 'kv', '--to', to, '--json', '--timeout-ms', '120000');
+      moveMs = performance.now() - t0;
+    });
+    results.migrate.push({
+      from,
+      to,
+      stallMs: m.gapMaxMs,
+      baseGapMs: base.gapMaxMs,
+      resets: m.resets,
+      moveMs,
+    });
+    process.stderr.write(
+      `migrate ${k + 1}/${rounds} ${from}->${to}: longest gap ${Math.round(m.gapMaxMs)} ms (no migration: ${Math.round(base.gapMaxMs)} ms), ${m.resets} reconnects, the command took ${Math.round(moveMs)} ms\n`,
+    );
+  }
+
+  const rp = results.reprotect;
+  const mg = results.migrate;
+  results.summary = {
+    reprotectMsMedian: round1(median(rp.map((x) => x.ms))),
+    reprotectMsMin: round1(Math.min(...rp.map((x) => x.ms))),
+    reprotectMsMax: round1(Math.max(...rp.map((x) => x.ms))),
+    cloneBytesMedian: median(rp.map((x) => x.cloneBytes ?? 0)),
+    pauseMsMedian: median(rp.map((x) => x.pauseMs ?? 0)),
+    loopbackCopyMsMedian: round1(median(rp.map((x) => x.baseMs))),
+    reprotectOverLoopbackCopy: round1(median(rp.map((x) => x.ms / x.baseMs))),
+    migrateStallMsMedian: round1(median(mg.map((x) => x.stallMs))),
+    migrateStallMsMax: round1(Math.max(...mg.map((x) => x.stallMs))),
+    baseGapMsMedian: round1(median(mg.map((x) => x.baseGapMs))),
+    migrateCommandMsMedian: round1(median(mg.map((x) => x.moveMs))),
+  };
+  process.stderr.write(`${JSON.stringify(results.summary, null, 2)}\n`);
+  if (out !== null) writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`);
+} finally {
+  for (const c of children) c.kill('SIGKILL');
+  await sleep(200);
+  rmSync(dir, { recursive: true, force: true });
+}
