@@ -156,6 +156,9 @@ export interface CloneRequest {
 export interface CloneAnswer {
   /** The log position the snapshot matches: the backup asks the channel for the stream from here. */
   start: { offset: number; events: number };
-  /** The snapshot stream (docs/SNAPSHOT-FORMAT.md). */
-  body: Buffer[];
+  /**
+   * The snapshot stream (docs/SNAPSHOT-FORMAT.md), written while it is sent:
+   * the backup reads memory while the primary still writes the rest.
+   */
+  body: AsyncIterable<Buffer> | Buffer[];
 }

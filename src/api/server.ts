@@ -26,6 +26,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
+import { Readable } from 'node:stream';
 import type { AddressInfo, Socket } from 'node:net';
 import {
   fastify,
@@ -299,7 +300,7 @@ export async function startApiServer(
   app.post<{ Params: { name: string } }>('/v1/vms/:name/snapshot', nameRoute, async (req, reply) => {
     const result = await backend.snapshotVm(req.params.name);
     if (!result.ok) return sendResult(reply, result, 200);
-    return reply.code(200).type('application/octet-stream').send(Buffer.concat(result.value.body));
+    return reply.code(200).type('application/octet-stream').send(Readable.from(result.value.body));
   });
 
   app.post<{ Params: { name: string }; Body: CloneRequest }>(
@@ -312,7 +313,7 @@ export async function startApiServer(
         .code(200)
         .header(CLONE_START_HEADER, `${result.value.start.offset},${result.value.start.events}`)
         .type('application/octet-stream')
-        .send(Buffer.concat(result.value.body));
+        .send(Array.isArray(result.value.body) ? Readable.from(result.value.body) : result.value.body);
     },
   );
 

@@ -1466,10 +1466,20 @@ export class HostDaemon implements HostBackend {
     }
     const r = await l.clone(req.backup, req.incarnation, req.generation);
     if (typeof r === 'string') return { ok: false, error: { code: 'conflict', message: r } };
-    const bytes = r.body.reduce((n, b) => n + b.byteLength, 0);
     this.log.info(
-      { vm: name, backup: req.backup, start: r.start, bytes, pauseMs: Math.round(r.pauseMs * 10) / 10 },
-      `${name}: clone for ${req.backup} at call ${r.start.events} (${bytes} bytes, the guest held ${r.pauseMs.toFixed(1)} ms)`,
+      { vm: name, backup: req.backup, start: r.start, pauseMs: Math.round(r.pauseMs * 10) / 10 },
+      `${name}: clone for ${req.backup} at call ${r.start.events} (the guest held ${r.pauseMs.toFixed(1)} ms); streaming it`,
+    );
+    void r.done.then((d) =>
+      typeof d === 'number'
+        ? this.log.info(
+            { vm: name, backup: req.backup, bytes: d },
+            `${name}: clone for ${req.backup} sent (${d} bytes)`,
+          )
+        : this.log.warn(
+            { vm: name, backup: req.backup, reason: d },
+            `${name}: clone for ${req.backup} failed: ${d}`,
+          ),
     );
     return { ok: true, value: { start: r.start, body: r.body } };
   }

@@ -27,6 +27,7 @@
  */
 import { cp, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
+import { PassThrough, type Readable } from 'node:stream';
 import path from 'node:path';
 import type { VmRunState, VmSpec } from '../coord/records.js';
 import { Vm, type VmOutcome, type VmSnapshot } from '../vm/vm.js';
@@ -60,6 +61,9 @@ export interface FtServices {
 /** How a VM runs here: alone, or as one member of an FT pair. */
 export type LocalRole =
   { kind: 'plain' } | { kind: 'ft-primary' } | { kind: 'ft-backup'; primary: HostRecord };
+
+/** What a clone's stream holds before the writer waits for the network (back-pressure). */
+const CLONE_STREAM_BUFFER_BYTES = 8 * 1024 * 1024;
 
 /** How long a backup waits for its primary's host to send a clone. */
 const CLONE_FETCH_TIMEOUT_MS = 60_000;
@@ -285,7 +289,9 @@ export class LocalVm {
     backup: string,
     incarnation: string,
     generation: number,
-  ): Promise<{ start: StreamPosition; body: Buffer[]; pauseMs: number } | string> {
+  ): Promise<
+    { start: StreamPosition; body: Readable; pauseMs: number; done: Promise<number | string> } | string
+  > {
     const ps = this.pside;
     const vm = this.vm;
     if (ps === null || vm === null || this.state !== 'running')
@@ -298,6 +304,7 @@ export class LocalVm {
     // The log keeps everything from here until the snapshot's position is known.
     ps.cloneBegins();
     let begun = true;
+    let streaming = false;
     try {
       const snap = await vm.snapshot();
       if (snap === null) return `${this.spec.name} stopped`;
@@ -305,16 +312,52 @@ export class LocalVm {
       if (snap.disk != null && 'error' in snap.disk) return `cannot freeze the disk: ${snap.disk.error}`;
       begun = false;
       const start = await ps.cloneStart(snap.events);
-      const body: Buffer[] = [];
-      // The writer hands out views of memory and files: copy them as they come.
-      await writeVmSnapshot(vm, snap, (p) => body.push(...p.map((x) => Buffer.from(x))), Date.now(), {
-        diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
-      });
-      return { start, body, pauseMs: snap.pauseMs ?? 0 };
+      // Written while it is sent, with the stream's back-pressure: the backup restores memory
+      // while the rest is still being written, and nothing waits for the whole 64 MiB first.
+      const body = new PassThrough({ highWaterMark: CLONE_STREAM_BUFFER_BYTES });
+      let bytes = 0;
+      const sink = (pieces: readonly Uint8Array[]): Promise<void> | undefined => {
+        if (body.destroyed) throw new Error('the backup stopped reading the clone');
+        let room = true;
+        // The writer hands out views of memory and files: copy them as they go.
+        for (const p of pieces) {
+          bytes += p.byteLength;
+          room = body.write(Buffer.from(p)) && room;
+        }
+        if (room) return undefined;
+        return new Promise((resolve) => {
+          const go = (): void => {
+            body.off('drain', go);
+            body.off('close', go);
+            resolve();
+          };
+          body.once('drain', go);
+          body.once('close', go);
+        });
+      };
+      streaming = true;
+      const done = (async (): Promise<number | string> => {
+        try {
+          await writeVmSnapshot(vm, snap, sink, Date.now(), {
+            diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
+          });
+          body.end();
+          return bytes;
+        } catch (e) {
+          body.destroy(e as Error);
+          return (e as Error).message;
+        } finally {
+          vm.thawSnapshotDisk();
+          this.cloning = false;
+        }
+      })();
+      return { start, body, pauseMs: snap.pauseMs ?? 0, done };
     } finally {
       if (begun) ps.cloneAbandoned();
-      vm.thawSnapshotDisk();
-      this.cloning = false;
+      if (!streaming) {
+        vm.thawSnapshotDisk();
+        this.cloning = false;
+      }
     }
   }
 
@@ -429,6 +472,7 @@ export class LocalVm {
         // Snapshots (clones for new backups) freeze the disk here while it is copied.
         freezeDir: path.join(this.dir, 'frozen'),
         restore: clone?.snapshot ?? null,
+        restoreTransfer: true,
         ...(role.kind === 'ft-primary'
           ? { log: { mode: 'ft-primary' as const } }
           : role.kind === 'ft-backup'

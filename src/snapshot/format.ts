@@ -170,6 +170,42 @@ export function memorySha256(memory: Uint8Array): Uint8Array {
 }
 
 /**
+ * memorySha256, in 4 MiB slices with the event loop let in between: a host
+ * hashing a clone's 64 MiB must go on answering heartbeats meanwhile.
+ */
+export async function memorySha256Async(memory: Uint8Array): Promise<Uint8Array> {
+  const h = createHash('sha256');
+  const sliceBytes = 4 * 1024 * 1024;
+  for (let at = 0; at < memory.byteLength; at += sliceBytes) {
+    h.update(memory.subarray(at, Math.min(memory.byteLength, at + sliceBytes)));
+    await yieldToLoop();
+  }
+  return new Uint8Array(h.digest());
+}
+
+/** Lets timers and I/O run (setImmediate), between slices of long work on the main thread. */
+export function yieldToLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Which blocks in [fromBlock, toBlock) hold a non-zero byte (a full snapshot leaves zero blocks out). */
+export function nonZeroBlocksIn(
+  memory: Uint8Array,
+  blockBytes: number,
+  fromBlock: number,
+  toBlock: number,
+): number[] {
+  const buf = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
+  const zero = Buffer.alloc(blockBytes);
+  const out: number[] = [];
+  for (let b = fromBlock; b < toBlock; b++) {
+    const at = b * blockBytes;
+    if (buf.compare(zero, 0, blockBytes, at, at + blockBytes) !== 0) out.push(b);
+  }
+  return out;
+}
+
+/**
  * CRC-32 of a frame's pieces as its 4-byte little-endian trailer. Empty pieces are skipped:
  * Node's zlib.crc32 returns 0, dropping the running value, for an empty view whose ArrayBuffer
  * has no backing store (seen on Node 20), which would make a frame with an empty body carry a
@@ -1728,6 +1764,9 @@ export interface ReadSnapshotOptions {
  * written only after the reader has checked it (relative, plain names, under a directory this
  * read created), so nothing is ever written outside diskInto.
  */
+/** How long a snapshot read works on the main thread before it lets the event loop in. */
+const READ_YIELD_MS = 15;
+
 export async function readSnapshot(
   source: Uint8Array | AsyncIterable<Uint8Array>,
   base: Uint8Array | null,
@@ -1781,8 +1820,15 @@ export async function readSnapshot(
     }
   };
 
-  const take = (frames: SnapshotFrame[]): SnapshotFailure | null => {
+  // Long reads (a 64 MiB clone) let the event loop in every so often: the host's heartbeats
+  // must go on while it restores.
+  let lastYieldMs = performance.now();
+  const take = async (frames: SnapshotFrame[]): Promise<SnapshotFailure | null> => {
     for (const f of frames) {
+      if (performance.now() - lastYieldMs > READ_YIELD_MS) {
+        await yieldToLoop();
+        lastYieldMs = performance.now();
+      }
       switch (f.type) {
         case 'header': {
           const h = f.header;
@@ -1853,7 +1899,7 @@ export async function readSnapshot(
           break;
         case 'trailer': {
           closeOut();
-          const sha = memorySha256(got.memory!);
+          const sha = await memorySha256Async(got.memory!);
           if (Buffer.compare(sha, f.trailer.memorySha256) !== 0) {
             return failure(
               'corrupt',
@@ -1886,7 +1932,7 @@ export async function readSnapshot(
     for await (const chunk of chunks) {
       const r = reader.push(chunk);
       if (!r.ok) return r;
-      const bad = take(r.frames);
+      const bad = await take(r.frames);
       if (bad !== null) return bad;
     }
     const end = reader.end();

@@ -24,7 +24,9 @@ import type { HostState } from '../vm/wasi/host.js';
 import {
   SNAPSHOT_BLOCK_BYTES,
   SnapshotWriter,
-  memorySha256,
+  memorySha256Async,
+  nonZeroBlocksIn,
+  yieldToLoop,
   readSnapshot,
   type SnapshotFailure,
   type SnapshotHeader,
@@ -73,8 +75,17 @@ export async function writeVmSnapshot(
   });
   w.host(Buffer.from(JSON.stringify(snap.host), 'utf8'));
   for (let i = 0; i < diskPreopens; i++) await w.disk(i, `${diskDir}/${i}`);
-  w.blocks(memory, 'all');
-  w.trailer(memorySha256(memory));
+  // In slices, letting the event loop in between: the host must go on answering heartbeats.
+  const blockCount = memory.byteLength / SNAPSHOT_BLOCK_BYTES;
+  const sliceBlocks = (4 * 1024 * 1024) / SNAPSHOT_BLOCK_BYTES;
+  for (let b = 0; b < blockCount; b += sliceBlocks) {
+    w.blocks(memory, nonZeroBlocksIn(memory, SNAPSHOT_BLOCK_BYTES, b, Math.min(blockCount, b + sliceBlocks)));
+    // A sink with back-pressure (a clone's network stream) is let drain before the next slice.
+    await w.settled();
+    await yieldToLoop();
+  }
+  w.trailer(await memorySha256Async(memory));
+  await w.settled();
 }
 
 export type ReadVmSnapshotResult =

@@ -98,6 +98,12 @@ export interface VmConfig {
    * snapshotMismatch).
    */
   restore?: VmSnapshot | null;
+  /**
+   * The caller hands `restore`'s memory over: it moves to the vCPU thread
+   * instead of being copied (a 64 MiB copy would hold the main thread), and
+   * the caller's view of it is detached.
+   */
+  restoreTransfer?: boolean;
   /** Where snapshots freeze the VM's disk (see FileSystem.freeze); absent: snapshots carry no disk. */
   freezeDir?: string | null;
 }
@@ -317,7 +323,7 @@ export class Vm {
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {
       workerData: init,
-      transferList: [io.port2],
+      transferList: [io.port2, ...this.restoreTransferList()],
       resourceLimits: { stackSizeMb: VCPU_STACK_MIB },
       stdout: false,
       stderr: false,
@@ -378,6 +384,13 @@ export class Vm {
   /** Drops the frozen disk of the last snapshot (once it has been copied away); writes stop copying. */
   thawSnapshotDisk(): void {
     this.ctl.requestThaw();
+  }
+
+  /** The restore snapshot's memory, when the caller handed it over and it owns its whole buffer. */
+  private restoreTransferList(): ArrayBuffer[] {
+    const m = this.config.restoreTransfer === true ? this.config.restore?.capture.memory : undefined;
+    if (m === undefined || !(m.buffer instanceof ArrayBuffer)) return [];
+    return m.byteOffset === 0 && m.byteLength === m.buffer.byteLength ? [m.buffer] : [];
   }
 
   /** Module facts a snapshot must match to be restored here: null when it fits, else why not. */
