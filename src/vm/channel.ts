@@ -249,8 +249,13 @@ export const CtlSlot = {
   SNAPSHOT: 6,
   /** Thaws asked for (a counter): the vCPU deletes the frozen copy of the disk of the last snapshot. */
   THAW: 7,
+  /**
+   * The guest's memory size in 64 KiB pages as the vCPU last saw it (when it
+   * waited): what a snapshot's staging buffer must hold.
+   */
+  MEMORY_PAGES: 8,
 } as const;
-const CTL_SLOTS = 8;
+const CTL_SLOTS = 9;
 
 export class Ctl {
   readonly i32: Int32Array;
@@ -311,6 +316,13 @@ export class Ctl {
     Atomics.add(this.i32, CtlSlot.THAW, 1);
     Atomics.add(this.i32, CtlSlot.WAKE, 1);
     Atomics.notify(this.i32, CtlSlot.WAKE);
+  }
+  /** vCPU: the guest's memory is this many pages now. */
+  publishMemoryPages(pages: number): void {
+    Atomics.store(this.i32, CtlSlot.MEMORY_PAGES, pages);
+  }
+  memoryPages(): number {
+    return Atomics.load(this.i32, CtlSlot.MEMORY_PAGES);
   }
   thawRequests(): number {
     return Atomics.load(this.i32, CtlSlot.THAW);

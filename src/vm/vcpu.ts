@@ -16,7 +16,13 @@
  *   its trailer. When replaying, nothing reaches the network: streams are
  *   phantoms and inputs come from the ring the main thread fills.
  */
-import { parentPort, workerData, MessageChannel, type MessagePort } from 'node:worker_threads';
+import {
+  parentPort,
+  workerData,
+  MessageChannel,
+  receiveMessageOnPort,
+  type MessagePort,
+} from 'node:worker_threads';
 import { writeFileSync, writeSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { createHash } from 'node:crypto';
@@ -77,6 +83,11 @@ export interface VcpuInit {
   ctlSab: SharedArrayBuffer;
   stdinSab: SharedArrayBuffer;
   ioPort: MessagePort;
+  /**
+   * Where the main thread sends staging buffers for snapshots (ArrayBuffers
+   * whose pages it touched ahead of time); null: snapshots copy into new memory.
+   */
+  snapshotPort?: MessagePort | null;
   /** CPU budget in fuel units, or null for none. Only meaningful for modules instrumented with fuel. */
   fuel: bigint | null;
   /** When set, per-function call counts are written here as JSON when the guest stops. */
@@ -467,7 +478,16 @@ function runInstance(
       if (asyncify.state !== 'unwinding') break;
       // The guest stopped at a host call's entry for a snapshot: keep it, then resume it at once.
       const pausedAtMs = performance.now();
-      const capture = asyncify.finishUnwind();
+      // The latest staging buffer the main thread sent, if any (older ones are dropped).
+      let staging: ArrayBuffer | null = null;
+      for (
+        let m = init.snapshotPort != null ? receiveMessageOnPort(init.snapshotPort) : undefined;
+        m !== undefined;
+      ) {
+        staging = m.message instanceof ArrayBuffer ? m.message : staging;
+        m = receiveMessageOnPort(init.snapshotPort!);
+      }
+      const capture = asyncify.finishUnwind(staging);
       asyncify.resumeInPlace({ ...capture, memory: new Uint8Array(memory.buffer) });
       host.beginRewind();
       // Still inside the pause (the guest runs again at the next start()): the copy of memory,

@@ -108,6 +108,26 @@ export interface VmConfig {
   freezeDir?: string | null;
 }
 
+/** Room for the guest's memory to grow between the size the vCPU last published and the snapshot. */
+const SNAPSHOT_STAGING_SLACK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A buffer of `bytes` whose pages are all touched (written once), in 4 MiB
+ * slices with the event loop let in between, so that neither this thread nor
+ * the guest waits for the page faults of a 64 MiB copy.
+ */
+async function touchedBuffer(bytes: number): Promise<ArrayBuffer> {
+  const buf = new ArrayBuffer(bytes);
+  const u8 = new Uint8Array(buf);
+  const sliceBytes = 4 * 1024 * 1024;
+  for (let at = 0; at < bytes; at += sliceBytes) {
+    // One write per page faults it in; fill() of a slice writes each page.
+    u8.fill(1, at, Math.min(bytes, at + sliceBytes));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  return buf;
+}
+
 /** A snapshot of a running VM at a host call's entry, as the vCPU took it. */
 export interface VmSnapshot {
   capture: Capture;
@@ -296,7 +316,10 @@ export class Vm {
       if (this.ft !== null) this.net.setGate(this.makeGate(this.ft));
       this.net.start();
     }
+    const snapshotChannel = new MessageChannel();
+    this.snapshotPort = snapshotChannel.port1;
     const init: VcpuInit = {
+      snapshotPort: snapshotChannel.port2,
       moduleBytes: this.module.bytes,
       args: this.config.args,
       env: this.config.env,
@@ -323,7 +346,7 @@ export class Vm {
     const workerUrl = new URL('./vcpu.js', import.meta.url);
     const worker = new Worker(workerUrl, {
       workerData: init,
-      transferList: [io.port2, ...this.restoreTransferList()],
+      transferList: [io.port2, snapshotChannel.port2, ...this.restoreTransferList()],
       resourceLimits: { stackSizeMb: VCPU_STACK_MIB },
       stdout: false,
       stderr: false,
@@ -360,14 +383,21 @@ export class Vm {
   }
 
   private readonly snapshotWaiters: ((s: VmSnapshot | null) => void)[] = [];
+  /** Where staging buffers for snapshots go to the vCPU. */
+  private snapshotPort: MessagePort | null = null;
 
   /**
    * Takes a snapshot at the guest's next host call (a call blocked waiting
    * gives way and runs again after it). The guest resumes at once. Resolves
    * with null if the VM stops first.
    */
-  snapshot(): Promise<VmSnapshot | null> {
-    if (this.worker === null || this.outcome === null) return Promise.resolve(null);
+  async snapshot(): Promise<VmSnapshot | null> {
+    if (this.worker === null || this.outcome === null) return null;
+    // The copy of memory is what the guest waits for: a buffer touched here, ahead of the
+    // pause, takes it several times faster than fresh memory (docs/BENCHMARKS.md).
+    const staging = await touchedBuffer(this.ctl.memoryPages() * 65536 + SNAPSHOT_STAGING_SLACK_BYTES);
+    if (this.worker === null || this.outcome === null) return null;
+    this.snapshotPort?.postMessage(staging, [staging]);
     const p = new Promise<VmSnapshot | null>((resolve) => this.snapshotWaiters.push(resolve));
     this.ctl.requestSnapshot();
     void this.outcome.then(() => {

@@ -255,6 +255,7 @@ export class WasiHost {
   private rewinding = false;
   /** The control block's SNAPSHOT counter as of the last snapshot this host started. */
   private snapshotsTaken = 0;
+  private pagesPublished = -1;
   private thawsSeen = 0;
 
   constructor(
@@ -1582,6 +1583,13 @@ export class WasiHost {
       const stop = ctl.stopRequested();
       if (stop !== 0) throw new StopRequested(stop);
       if (ctl.thawRequests() !== this.thawsSeen) this.thaw();
+      // Where the guest waits, the main thread learns how big its memory is: a snapshot's staging
+      // buffer is made (and its pages touched) there, ahead of the pause.
+      const pages = (this.mem?.byteLength ?? 0) >>> 16;
+      if (pages !== this.pagesPublished) {
+        ctl.publishMemoryPages(pages);
+        this.pagesPublished = pages;
+      }
       // Nothing has taken effect yet: the call gives way to a snapshot and runs again after it.
       if (this.asyncify !== null && ctl.snapshotRequests() !== this.snapshotsTaken) throw new SnapshotHere();
       let timeoutMs = Infinity;
