@@ -16,16 +16,13 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { median, ping, startHost } from './lib/cluster.mjs';
+import { LOCKSTEP_BIN, ROOT } from './lib/kvbench.mjs';
+import { cliArg, median, ping, startHost } from './lib/cluster.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const bin = path.join(root, 'bin', 'lockstep.js');
-const arg = (name, dflt) => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : dflt;
-};
+const root = ROOT;
+const bin = LOCKSTEP_BIN;
+const arg = cliArg;
 const runs = Number(arg('--runs', '5'));
 const profiles = arg('--profiles', 'default,fast').split(',');
 const out = arg('--out', null);

@@ -24,17 +24,14 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 
-import { median, startHost as startHostIn } from './lib/cluster.mjs';
+import { LOCKSTEP_BIN, ROOT } from './lib/kvbench.mjs';
+import { cliArg, median, startHost as startHostIn } from './lib/cluster.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const bin = path.join(root, 'bin', 'lockstep.js');
-const arg = (name, dflt) => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : dflt;
-};
+const root = ROOT;
+const bin = LOCKSTEP_BIN;
+const arg = cliArg;
 const fillMib = Number(arg('--fill-mib', '64'));
 const rounds = Number(arg('--rounds', '5'));
 const out = arg('--out', null);
