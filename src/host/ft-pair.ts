@@ -311,7 +311,8 @@ export class FtPrimarySide {
    * cut, so its `events` is a frame end; this waits until the main thread has
    * the frame. A backup restored from the snapshot may then ask for the
    * stream from there (see offer); the log keeps it for CLONE_START_TTL_MS.
-   * Ends a cloneBegins.
+   * Ends a cloneBegins, which must come before the snapshot is asked for:
+   * without it the frame at the cut may be dropped before this is called.
    */
   cloneStart(events: number): Promise<StreamPosition> {
     const known = this.boundaries.find((b) => b.events === events);

@@ -107,6 +107,8 @@ test(
       // The offer comes first: from here on outputs wait for the new backup, so nothing the
       // snapshot lacks can leave before the backup has it.
       pside.offer(1, 'hb', incB);
+      // As LocalVm.clone does: the log keeps everything until the snapshot's position is known.
+      pside.cloneBegins();
       const snap = (await primary.snapshot()) as VmSnapshot;
       assert.notEqual(snap, null);
       assert.equal(typeof snap.events, 'number');
