@@ -13,6 +13,12 @@ execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.js
   cwd: root,
   stdio: 'inherit',
 });
+// The console too: the browser tests drive the console built from these sources.
+execFileSync(
+  path.join(root, 'node_modules', '.bin', 'vite'),
+  ['build', '--config', 'console/vite.config.ts', '--logLevel', 'warn'],
+  { cwd: root, stdio: 'inherit' },
+);
 
 function find(dir, out) {
   let names;

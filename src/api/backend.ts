@@ -46,6 +46,18 @@ export interface VmStatus {
    */
   logBytes: number | null;
   logFileBytes: number | null;
+  /** Live like logBytes: host calls logged at this generation (the VM's throughput, as a counter). */
+  logEvents: number | null;
+  /** While a backup is being cloned: how far the snapshot stream is, in bytes of the estimate. */
+  clone: CloneProgress | null;
+  /** Epoch ms at which the primary measured the live figures above, or null when there are none. */
+  sampledAtMs: number | null;
+}
+
+export interface CloneProgress {
+  doneBytes: number;
+  /** An estimate made at the cut: memory plus the disk's file bytes. */
+  totalBytes: number;
 }
 
 export type HostState = 'up' | 'suspect' | 'down' | 'left';
@@ -62,6 +74,10 @@ export interface HostStatus {
   vms: string[];
   /** Median heartbeat round trip in ms, or null when unknown (or for the answering host itself). */
   heartbeatRttMs: number | null;
+  /** On the same machine as the answering host (same boot id), so "simulate host failure" can kill it. */
+  local: boolean;
+  /** Fenced by a host that took over from it, since it last registered. */
+  fenced: boolean;
 }
 
 export interface CreateVmRequest {
@@ -136,6 +152,90 @@ export interface HostBackend {
    * disk as at the cut. Only the primary's host answers.
    */
   snapshotVm(name: string): Promise<ApiResult<{ body: Buffer[] }>>;
+  /** The events after `after` in this host's own feed or in the merged cluster feed. */
+  events(scope: EventScope, after: number, limit: number): EventsPage;
+  /** Calls `fn` with each event the cluster feed receives from now on; returns the unsubscribe function. */
+  subscribeEvents(fn: (e: ClusterEvent) => void): () => void;
+  /** Prometheus text exposition of this host's metrics. */
+  metrics(): Promise<{ contentType: string; body: string }>;
+  /** Stores an uploaded module on this host, named by its SHA-256. */
+  uploadModule(bytes: Buffer): Promise<ApiResult<ModuleInfo>>;
+  /** "Simulate host failure": SIGKILL of a host process on this same machine. */
+  killHost(name: string): Promise<ApiResult<KillHostAnswer>>;
+}
+
+/** One entry of the cluster's event timeline (src/host/events.ts keeps them). */
+export interface ClusterEvent {
+  /** Unique in the cluster: "HOST/INCARNATION/SEQ". */
+  id: string;
+  /** Position in the answering host's feed; resume with `?after=cursor`. */
+  cursor: number;
+  /** Epoch ms, by the clock of the host that saw it. */
+  atMs: number;
+  /** The host that saw it. */
+  host: string;
+  kind: EventKind;
+  vm: string | null;
+  generation: number | null;
+  /** The other host involved: the one suspected, fenced, taken over from, cloned to… */
+  peer: string | null;
+  /** How long the step took, when the event ends one (go-live, fence, clone…). */
+  durationMs: number | null;
+  /** One sentence for people. */
+  message: string;
+}
+
+export const EVENT_KINDS = [
+  'host-up',
+  'host-suspect',
+  'host-down',
+  'host-removed',
+  'host-killed',
+  'tas-won',
+  'tas-lost',
+  'fence',
+  'fence-failed',
+  'go-live',
+  'go-live-failed',
+  'running-alone',
+  'vm-created',
+  'vm-started',
+  'vm-stopped',
+  'vm-failed',
+  'vm-removed',
+  'protection',
+  'clone',
+  'ft-on',
+  'ft-off',
+  'failover-requested',
+  'migration-requested',
+  'migrated',
+  'outputs-held',
+  'outputs-released',
+] as const;
+export type EventKind = (typeof EVENT_KINDS)[number];
+
+export type EventScope = 'local' | 'cluster';
+
+export interface EventsPage {
+  /** The answering host, and its incarnation (a restarted host starts its cursors again). */
+  host: string;
+  incarnation: string;
+  /** The newest cursor of the feed: ask `?after=` this next time. */
+  cursor: number;
+  events: ClusterEvent[];
+}
+
+export interface ModuleInfo {
+  /** Where the answering host stored it: pass it as `wasm` to create a VM. */
+  path: string;
+  sha256: string;
+  bytes: number;
+}
+
+export interface KillHostAnswer {
+  host: string;
+  pid: number;
 }
 
 export interface SetFtRequest {

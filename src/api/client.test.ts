@@ -15,6 +15,11 @@ import type {
   HostStatus,
   VmStatus,
   CloneAnswer,
+  ClusterEvent,
+  EventScope,
+  EventsPage,
+  KillHostAnswer,
+  ModuleInfo,
 } from './backend.js';
 import { ApiClient, parseEndpoint } from './client.js';
 import { startApiServer, type ApiServer } from './server.js';
@@ -47,12 +52,30 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     heldOutputs: null,
     logBytes: null,
     logFileBytes: null,
+    logEvents: null,
+    clone: null,
+    sampledAtMs: null,
     ...over,
   };
 }
 
 /** A backend with a map of VMs that counts the calls that change something. */
 class FakeBackend implements HostBackend {
+  events(_scope: EventScope, _after: number, _limit: number): EventsPage {
+    return { host: 'h1', incarnation: 'inc', cursor: 0, events: [] };
+  }
+  subscribeEvents(_fn: (e: ClusterEvent) => void): () => void {
+    return () => undefined;
+  }
+  async metrics(): Promise<{ contentType: string; body: string }> {
+    return { contentType: 'text/plain', body: '' };
+  }
+  async uploadModule(): Promise<ApiResult<ModuleInfo>> {
+    return { ok: false, error: { code: 'invalid', message: 'not here' } };
+  }
+  async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
+    return { ok: false, error: { code: 'not-found', message: `no host named ${name}` } };
+  }
   readonly vms = new Map<string, VmStatus>();
   /** How many create, start, stop and remove calls arrived: failover must not repeat them. */
   mutations = 0;
@@ -75,6 +98,8 @@ class FakeBackend implements HostBackend {
       address: '127.0.1.1',
       pid: 1234,
       vms: [...this.vms.keys()],
+      local: true,
+      fenced: false,
       heartbeatRttMs: 0.25,
     };
     return { ok: true, value: [host] };

@@ -38,9 +38,14 @@ import type {
   HostInfo,
   HostStatus,
   VmStatus,
+  EventScope,
+  EventsPage,
+  KillHostAnswer,
 } from './backend.js';
 import {
   ApiErrorBodySchema,
+  EventsPageSchema,
+  KillHostAnswerSchema,
   HealthResponseSchema,
   HostInfoSchema,
   HostStatusListSchema,
@@ -116,6 +121,8 @@ const checks = {
   health: TypeCompiler.Compile(HealthResponseSchema),
   primary: TypeCompiler.Compile(PrimaryResponseSchema),
   error: TypeCompiler.Compile(ApiErrorBodySchema),
+  events: TypeCompiler.Compile(EventsPageSchema),
+  kill: TypeCompiler.Compile(KillHostAnswerSchema),
 };
 
 export class ApiClient {
@@ -184,6 +191,27 @@ export class ApiClient {
   vmLogs(name: string, bytesMax?: number): Promise<ApiResult<string>> {
     const query = bytesMax === undefined ? '' : `?bytes=${encodeURIComponent(String(bytesMax))}`;
     return this.#call<string>('GET', `${vmPath(name)}/logs${query}`, undefined, { kind: 'text' });
+  }
+
+  /** The events after `after` (0: all kept) of the host's own feed or of the cluster's as it merged them. */
+  events(opts: { scope?: EventScope; after?: number; limit?: number } = {}): Promise<ApiResult<EventsPage>> {
+    const q = new URLSearchParams();
+    if (opts.scope !== undefined) q.set('scope', opts.scope);
+    if (opts.after !== undefined) q.set('after', String(opts.after));
+    if (opts.limit !== undefined) q.set('limit', String(opts.limit));
+    const query = q.size === 0 ? '' : `?${q.toString()}`;
+    return this.#json('GET', `/v1/events${query}`, undefined, checks.events, 'event page');
+  }
+
+  /** Asks the answering host to kill host `name`'s process ("simulate host failure"; same machine only). */
+  killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
+    return this.#json(
+      'POST',
+      `/v1/hosts/${encodeURIComponent(name)}/kill`,
+      undefined,
+      checks.kill,
+      'kill answer',
+    );
   }
 
   /** GET /health on one endpoint, without the token. */

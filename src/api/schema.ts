@@ -30,7 +30,14 @@ import type {
   ApiErrorCode,
   SetFtRequest,
   MigrateRequest,
+  ClusterEvent,
+  EventKind,
+  EventsPage,
+  ModuleInfo,
+  KillHostAnswer,
+  CloneProgress,
 } from './backend.js';
+import { EVENT_KINDS } from './backend.js';
 import type { VmRunState } from '../coord/records.js';
 
 /** Paths and other free strings are bounded so one field cannot use the whole body limit unnoticed. */
@@ -172,7 +179,36 @@ export const VmLogsQuerySchema = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * `?after=C&limit=N&scope=local|cluster` of the events routes; digit strings
+ * for the same reason as `bytes` above.
+ */
+export const EventsQuerySchema = Type.Object(
+  {
+    after: Type.Optional(
+      Type.String({ pattern: '^[0-9]{1,15}$', description: 'a cursor: a whole number, e.g. 0' }),
+    ),
+    limit: Type.Optional(
+      Type.String({ pattern: '^[0-9]{1,4}$', description: 'a whole number of events from 1 to 1000' }),
+    ),
+    scope: Type.Optional(
+      Type.Union([Type.Literal('local'), Type.Literal('cluster')], {
+        description: '"local" (this host\'s own events) or "cluster" (merged)',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/** Path parameters of /v1/hosts/:name routes. */
+export const HostNameParamsSchema = Type.Object({ name: NameSchema }, { additionalProperties: false });
+
 // ---- Responses (open) ----------------------------------------------------
+
+export const CloneProgressSchema = Type.Object({
+  doneBytes: Type.Integer({ minimum: 0 }),
+  totalBytes: Type.Integer({ minimum: 0 }),
+});
 
 export const VmStatusSchema = Type.Object({
   name: Type.String(),
@@ -194,6 +230,9 @@ export const VmStatusSchema = Type.Object({
   heldOutputs: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
   logBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
   logFileBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  logEvents: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  clone: Type.Union([CloneProgressSchema, Type.Null()]),
+  sampledAtMs: Type.Union([Type.Number(), Type.Null()]),
 });
 
 export const VmStatusListSchema = Type.Array(VmStatusSchema);
@@ -207,6 +246,8 @@ export const HostStatusSchema = Type.Object({
   pid: Type.Integer({ minimum: 0 }),
   vms: Type.Array(Type.String()),
   heartbeatRttMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+  local: Type.Boolean(),
+  fenced: Type.Boolean(),
 });
 
 export const HostStatusListSchema = Type.Array(HostStatusSchema);
@@ -217,6 +258,39 @@ export const HostInfoSchema = Type.Object({
   api: Type.String(),
   clusterId: Type.String(),
 });
+
+export const EventKindSchema = Type.Union(EVENT_KINDS.map((k) => Type.Literal(k)));
+
+export const ClusterEventSchema = Type.Object({
+  id: Type.String(),
+  cursor: Type.Integer({ minimum: 1 }),
+  atMs: Type.Number(),
+  host: Type.String(),
+  kind: EventKindSchema,
+  vm: Type.Union([Type.String(), Type.Null()]),
+  generation: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+  peer: Type.Union([Type.String(), Type.Null()]),
+  durationMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+  message: Type.String(),
+});
+
+/** GET /v1/events. */
+export const EventsPageSchema = Type.Object({
+  host: Type.String(),
+  incarnation: Type.String(),
+  cursor: Type.Integer({ minimum: 0 }),
+  events: Type.Array(ClusterEventSchema),
+});
+
+/** POST /v1/modules. */
+export const ModuleInfoSchema = Type.Object({
+  path: Type.String(),
+  sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  bytes: Type.Integer({ minimum: 0 }),
+});
+
+/** POST /v1/hosts/:name/kill. */
+export const KillHostAnswerSchema = Type.Object({ host: Type.String(), pid: Type.Integer({ minimum: 0 }) });
 
 /** GET /health. */
 export const HealthResponseSchema = Type.Object({
@@ -258,6 +332,12 @@ assertType<Equals<Static<typeof MigrateRequestSchema>, MigrateRequest>>();
 assertType<Equals<Static<typeof HostStatusSchema>, HostStatus>>();
 assertType<Equals<Static<typeof HostInfoSchema>, HostInfo>>();
 assertType<Equals<Static<typeof CreateVmRequestSchema>, CreateVmRequest>>();
+assertType<Equals<Static<typeof CloneProgressSchema>, CloneProgress>>();
+assertType<Equals<Static<typeof EventKindSchema>, EventKind>>();
+assertType<Equals<Static<typeof ClusterEventSchema>, ClusterEvent>>();
+assertType<Equals<Static<typeof EventsPageSchema>, EventsPage>>();
+assertType<Equals<Static<typeof ModuleInfoSchema>, ModuleInfo>>();
+assertType<Equals<Static<typeof KillHostAnswerSchema>, KillHostAnswer>>();
 
 /** Re-exported so callers need one import for schema work. */
 export type { Static, TSchema };

@@ -8,6 +8,9 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { pino } from 'pino';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type {
@@ -19,10 +22,17 @@ import type {
   HostStatus,
   VmStatus,
   CloneAnswer,
+  ClusterEvent,
+  EventScope,
+  EventsPage,
+  KillHostAnswer,
+  ModuleInfo,
 } from './backend.js';
 import { ApiErrorBodySchema, HostStatusListSchema, VmStatusListSchema, VmStatusSchema } from './schema.js';
+import { EventRing } from '../host/events.js';
 import {
   BODY_BYTES_MAX,
+  MODULE_BYTES_MAX,
   LOG_BYTES_DEFAULT,
   LOG_BYTES_MAX,
   startApiServer,
@@ -37,6 +47,58 @@ const vmCheck = TypeCompiler.Compile(VmStatusSchema);
 
 /** A backend that keeps VMs in a map, with switches to make its next call fail, throw or hang. */
 class FakeBackend implements HostBackend {
+  readonly ring = new EventRing(100);
+  private eventSeq = 0;
+  /** The bytes of every module uploaded, in order. */
+  readonly uploads: Buffer[] = [];
+  readonly killed: string[] = [];
+  /** A timeline event, as the daemon would record one. */
+  fire(message: string): void {
+    this.ring.add({
+      id: `h1/inc/${++this.eventSeq}`,
+      atMs: 1_700_000_000_000 + this.eventSeq,
+      host: 'h1',
+      kind: 'go-live',
+      vm: 'web',
+      generation: 2,
+      peer: 'h2',
+      durationMs: 12,
+      message,
+    });
+  }
+  events(_scope: EventScope, after: number, limit: number): EventsPage {
+    return {
+      host: 'h1',
+      incarnation: 'inc',
+      cursor: this.ring.cursor,
+      events: this.ring.after(after, limit),
+    };
+  }
+  subscribeEvents(fn: (e: ClusterEvent) => void): () => void {
+    return this.ring.subscribe(fn);
+  }
+  async metrics(): Promise<{ contentType: string; body: string }> {
+    return {
+      contentType: 'text/plain; version=0.0.4; charset=utf-8',
+      body: `lockstep_vm_count ${this.vms.size}\n`,
+    };
+  }
+  async uploadModule(bytes: Buffer): Promise<ApiResult<ModuleInfo>> {
+    return this.gate(() => {
+      this.uploads.push(bytes);
+      return {
+        ok: true,
+        value: { path: '/data/modules/x.wasm', sha256: 'a'.repeat(64), bytes: bytes.byteLength },
+      };
+    });
+  }
+  async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
+    return this.gate(() => {
+      if (name !== 'h2') return { ok: false, error: { code: 'not-found', message: `no host named ${name}` } };
+      this.killed.push(name);
+      return { ok: true, value: { host: name, pid: 4343 } };
+    });
+  }
   readonly vms = new Map<string, VmStatus>();
   readonly primaries = new Set<string>();
   /** The `bytesMax` of every vmLogs call, in order. */
@@ -70,6 +132,8 @@ class FakeBackend implements HostBackend {
           pid: 4242,
           vms: [...this.vms.keys()],
           heartbeatRttMs: null,
+          local: true,
+          fenced: false,
         },
       ],
     }));
@@ -179,6 +243,9 @@ function sampleVm(name: string, over: Partial<VmStatus> = {}): VmStatus {
     heldOutputs: null,
     logBytes: null,
     logFileBytes: null,
+    logEvents: null,
+    clone: null,
+    sampledAtMs: null,
     ...over,
   };
 }
@@ -195,12 +262,13 @@ interface CallOptions {
   token?: string | null;
   /** Sent verbatim instead of one built from `token`. */
   authorization?: string;
-  body?: string;
+  body?: string | Buffer;
   /** Default application/json when there is a body. Null sends none. */
   contentType?: string | null;
 }
 
 let server: ApiServer;
+let consoleDir: string;
 let backend: FakeBackend;
 const logLines: string[] = [];
 
@@ -264,14 +332,24 @@ before(async () => {
       done();
     },
   });
+  consoleDir = mkdtempSync(path.join(tmpdir(), 'lockstep-console-test-'));
+  mkdirSync(path.join(consoleDir, 'assets'));
+  writeFileSync(
+    path.join(consoleDir, 'index.html'),
+    '<!doctype html><title>Lockstep</title><div id="app"></div>',
+  );
+  writeFileSync(path.join(consoleDir, 'assets', 'main-abc123.js'), 'console.log("hi")');
   server = await startApiServer(
     backend,
     { host: '127.0.0.1', port: 0 },
-    { logger: pino({ level: 'debug' }, sink) },
+    { logger: pino({ level: 'debug' }, sink), consoleDir },
   );
 });
 
-after(() => server.close());
+after(async () => {
+  await server.close();
+  rmSync(consoleDir, { recursive: true, force: true });
+});
 
 test('the server reports the address it bound', () => {
   assert.equal(server.address.host, '127.0.0.1');
@@ -485,7 +563,9 @@ test('requests that fail before routing still get a 400 in the error shape', asy
 test('unknown routes and unknown methods are 404s in the error shape', async () => {
   assertError(await call('GET', '/v1/nothing'), 404, 'not-found', /no route GET \/v1\/nothing/);
   assertError(await call('PUT', '/v1/vms'), 404, 'not-found');
-  assertError(await call('GET', '/'), 404, 'not-found');
+  assertError(await call('GET', '/nothing'), 404, 'not-found');
+  // Unknown routes are authenticated, even next to the open console files.
+  assertError(await call('GET', '/nothing', { token: null }), 401, 'unauthorized');
 });
 
 test("the backend's error codes become their statuses", async () => {
@@ -576,4 +656,224 @@ test('startApiServer rejects when the address is taken', async () => {
   await assert.rejects(
     startApiServer(new FakeBackend(), { host: '127.0.0.1', port: server.address.port }, { logger: false }),
   );
+});
+
+// ---- The console, events, metrics, modules, host kill ----------------------
+
+test('the console is served at / without a token; its assets too; a missing build says how to build it', async () => {
+  const page = await call('GET', '/', { token: null });
+  assert.equal(page.status, 200, page.text);
+  assert.match(String(page.headers['content-type']), /text\/html/);
+  assert.match(page.text, /<div id="app">/);
+  const asset = await call('GET', '/assets/main-abc123.js', { token: null });
+  assert.equal(asset.status, 200);
+  assert.match(String(asset.headers['cache-control']), /immutable/);
+  assert.equal((await call('GET', '/assets/nope.js', { token: null })).status, 404);
+  // Path tricks stay inside the console folder.
+  assert.notEqual((await call('GET', '/assets/..%2f..%2fetc%2fpasswd', { token: null })).status, 200);
+  const bare = await startApiServer(
+    backend,
+    { host: '127.0.0.1', port: 0 },
+    { logger: false, consoleDir: path.join(consoleDir, 'not-built') },
+  );
+  try {
+    const r = await fetch(`http://127.0.0.1:${bare.address.port}/`);
+    assert.equal(r.status, 503);
+    assert.match(await r.text(), /npm run build:console/);
+  } finally {
+    await bare.close();
+  }
+});
+
+test('GET /openapi.json is open and names the bearer scheme', async () => {
+  const doc = await call('GET', '/openapi.json', { token: null });
+  assert.equal(doc.status, 200);
+  const body = doc.json as {
+    openapi: string;
+    paths: Record<string, unknown>;
+    components: { securitySchemes: object };
+  };
+  assert.match(body.openapi, /^3\./);
+  assert.ok('/v1/vms/{name}/ft' in body.paths);
+  assert.ok('bearer' in body.components.securitySchemes);
+});
+
+test('GET /v1/events pages the timeline by cursor; auth and bad queries are refused', async () => {
+  assertError(await call('GET', '/v1/events', { token: null }), 401, 'unauthorized');
+  assertError(await call('GET', '/v1/events', { token: WRONG_TOKEN }), 401, 'unauthorized');
+  assertError(await call('GET', '/v1/events?after=-1'), 400, 'invalid', /query\.after must be a cursor/);
+  assertError(await call('GET', '/v1/events?limit=0'), 400, 'invalid', /query\.limit must be from 1/);
+  assertError(await call('GET', '/v1/events?scope=galaxy'), 400, 'invalid', /query\.scope/);
+  assertError(await call('GET', '/v1/events?colour=red'), 400, 'invalid', /unknown field "colour"/);
+  const before = (await call('GET', '/v1/events')).json as { cursor: number };
+  backend.fire('web: live on h2 at generation 2 (go-live took 12 ms)');
+  backend.fire('second');
+  const page = await call('GET', `/v1/events?after=${before.cursor}&limit=1`);
+  assert.equal(page.status, 200);
+  const body = page.json as { cursor: number; events: { message: string; cursor: number }[]; host: string };
+  assert.equal(body.host, 'h1');
+  assert.equal(body.cursor, before.cursor + 2);
+  assert.deepEqual(
+    body.events.map((e) => e.message),
+    ['web: live on h2 at generation 2 (go-live took 12 ms)'],
+  );
+  const rest = (await call('GET', `/v1/events?after=${body.events[0]!.cursor}`)).json as typeof body;
+  assert.deepEqual(
+    rest.events.map((e) => e.message),
+    ['second'],
+  );
+});
+
+/** Reads server-sent events from `path` until `count` arrived; returns them and the raw text. */
+async function readSse(
+  path: string,
+  headers: Record<string, string>,
+  count: number,
+  whileOpen: () => void,
+): Promise<{ status: number; events: { id: string; data: { message: string } }[]; contentType: string }> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 10_000);
+  try {
+    const r = await fetch(`http://127.0.0.1:${server.address.port}${path}`, { headers, signal: ac.signal });
+    const events: { id: string; data: { message: string } }[] = [];
+    if (r.status !== 200 || r.body === null)
+      return { status: r.status, events, contentType: r.headers.get('content-type') ?? '' };
+    const reader = r.body.getReader();
+    let text = '';
+    let poked = false;
+    while (events.length < count) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const chunk = Buffer.from(value).toString('utf8');
+      text += chunk;
+      const blocks = text.split('\n\n');
+      text = blocks.pop() ?? '';
+      for (const b of blocks) {
+        const id = /^id: (.*)$/m.exec(b)?.[1];
+        const data = /^data: (.*)$/m.exec(b)?.[1];
+        if (id !== undefined && data !== undefined) events.push({ id, data: JSON.parse(data) });
+      }
+      // The stream is open (its first line arrived): now the live part can be provoked.
+      if (!poked && chunk.includes('retry:')) {
+        poked = true;
+        whileOpen();
+      }
+    }
+    ac.abort();
+    return { status: r.status, events, contentType: r.headers.get('content-type') ?? '' };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('GET /v1/events/stream sends the backlog after Last-Event-ID, then live events', async () => {
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const refused = await readSse('/v1/events/stream', {}, 0, () => undefined);
+  assert.equal(refused.status, 401);
+  const start = (await call('GET', '/v1/events')).json as { cursor: number };
+  backend.fire('backlog one');
+  backend.fire('backlog two');
+  const got = await readSse(
+    '/v1/events/stream',
+    { ...auth, 'last-event-id': String(start.cursor + 1) },
+    2,
+    () => backend.fire('live three'),
+  );
+  assert.equal(got.status, 200);
+  assert.match(got.contentType, /text\/event-stream/);
+  // The first backlog event is before the Last-Event-ID, so it is not sent again.
+  assert.deepEqual(
+    got.events.map((e) => e.data.message),
+    ['backlog two', 'live three'],
+  );
+  assert.deepEqual(
+    got.events.map((e) => Number(e.id)),
+    [start.cursor + 2, start.cursor + 3],
+  );
+});
+
+test('GET /metrics needs the token and answers Prometheus text', async () => {
+  assertError(await call('GET', '/metrics', { token: null }), 401, 'unauthorized');
+  const m = await call('GET', '/metrics');
+  assert.equal(m.status, 200);
+  assert.match(String(m.headers['content-type']), /^text\/plain/);
+  assert.match(m.text, /^lockstep_vm_count [0-9]+$/m);
+});
+
+test('POST /v1/modules stores the bytes; wrong type, empty, too large and no token are refused', async () => {
+  const wasm = Buffer.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+  assertError(
+    await call('POST', '/v1/modules', { token: null, body: wasm, contentType: 'application/wasm' }),
+    401,
+    'unauthorized',
+  );
+  const ok = await call('POST', '/v1/modules', { body: wasm, contentType: 'application/wasm' });
+  assert.equal(ok.status, 201, ok.text);
+  assert.deepEqual(ok.json, { path: '/data/modules/x.wasm', sha256: 'a'.repeat(64), bytes: 8 });
+  assert.deepEqual(backend.uploads.at(-1), wasm);
+  assertError(
+    await call('POST', '/v1/modules', { body: 'text', contentType: 'text/plain' }),
+    400,
+    'invalid',
+    /Content-Type/,
+  );
+  assertError(
+    await call('POST', '/v1/modules', { body: Buffer.alloc(0), contentType: 'application/wasm' }),
+    400,
+    'invalid',
+  );
+  assertError(
+    await call('POST', '/v1/modules', { body: '{"a":1}', contentType: 'application/json' }),
+    400,
+    'invalid',
+    /module's bytes/,
+  );
+  backend.failNext = { code: 'invalid', message: 'the upload is not a valid WebAssembly module' };
+  assertError(
+    await call('POST', '/v1/modules', { body: wasm, contentType: 'application/wasm' }),
+    400,
+    'invalid',
+    /not a valid WebAssembly/,
+  );
+});
+
+test('POST /v1/modules refuses a body over the module limit before reading it all', async () => {
+  // The declared length alone is enough for the refusal: the bytes are never sent.
+  const answer = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: server.address.port,
+        method: 'POST',
+        path: '/v1/modules',
+        headers: {
+          authorization: `Bearer ${TOKEN}`,
+          'content-type': 'application/wasm',
+          'content-length': String(MODULE_BYTES_MAX + 1),
+        },
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString() }));
+      },
+    );
+    req.on('error', reject);
+    req.write(Buffer.alloc(1024));
+  });
+  assert.equal(answer.status, 400, answer.text);
+  assert.match(answer.text, /larger than/);
+});
+
+test('POST /v1/hosts/:name/kill answers 202; unknown hosts, bad names and no token are refused', async () => {
+  assertError(await call('POST', '/v1/hosts/h2/kill', { token: null }), 401, 'unauthorized');
+  const ok = await call('POST', '/v1/hosts/h2/kill');
+  assert.equal(ok.status, 202, ok.text);
+  assert.deepEqual(ok.json, { host: 'h2', pid: 4343 });
+  assert.deepEqual(backend.killed, ['h2']);
+  assertError(await call('POST', '/v1/hosts/h9/kill'), 404, 'not-found', /no host named h9/);
+  assertError(await call('POST', '/v1/hosts/Bad!Name/kill'), 400, 'invalid', /path\.name must be a name/);
+  backend.failNext = { code: 'conflict', message: 'host h2 runs on another machine' };
+  assertError(await call('POST', '/v1/hosts/h2/kill'), 409, 'conflict', /another machine/);
 });

@@ -25,12 +25,18 @@
  * - Bodies are bounded (BODY_BYTES_MAX) and so are log tails (LOG_BYTES_MAX).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { STATUS_CODES } from 'node:http';
+import { existsSync } from 'node:fs';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import fastifyStatic from '@fastify/static';
+import fastifySwagger from '@fastify/swagger';
 import type { AddressInfo, Socket } from 'node:net';
 import {
   fastify,
   LogController,
+  type FastifyInstance,
+  type RawServerDefault,
   type ConnectionError,
   type FastifyError,
   type FastifyReply,
@@ -45,6 +51,8 @@ import type {
   HostBackend,
   MigrateRequest,
   SetFtRequest,
+  ClusterEvent,
+  EventScope,
 } from './backend.js';
 
 /** The clone answer's header: "OFFSET,EVENTS", where the backup's log stream starts. */
@@ -56,6 +64,18 @@ import {
   CloneRequestSchema,
   SetFtRequestSchema,
   MigrateRequestSchema,
+  EventsQuerySchema,
+  HostNameParamsSchema,
+  ApiErrorBodySchema,
+  VmStatusSchema,
+  VmStatusListSchema,
+  HostStatusListSchema,
+  HostInfoSchema,
+  HealthResponseSchema,
+  PrimaryResponseSchema,
+  EventsPageSchema,
+  ModuleInfoSchema,
+  KillHostAnswerSchema,
   type ApiErrorBody,
   type HealthResponse,
   type PrimaryResponse,
@@ -67,6 +87,22 @@ export const BODY_BYTES_MAX = 64 * 1024;
 export const LOG_BYTES_DEFAULT = 64 * 1024;
 /** The largest log tail one request may ask for, so one call cannot make the host buffer a whole log. */
 export const LOG_BYTES_MAX = 8 * 1024 * 1024;
+/** The largest module one upload may carry; the example guests are well under 1 MiB. */
+export const MODULE_BYTES_MAX = 64 * 1024 * 1024;
+/** The events one `GET /v1/events` returns when `?limit` is absent (and at most, EVENTS_PAGE_MAX). */
+export const EVENTS_LIMIT_DEFAULT = 1000;
+/**
+ * How often an event stream with nothing to say sends a comment: well under
+ * the idle-socket bound below, so proxies and the server keep it open.
+ */
+export const SSE_PING_MS = 15_000;
+/** Event streams one host serves at once; each costs a socket and a listener. */
+export const SSE_STREAMS_MAX = 64;
+/** Events an event stream may have queued for a slow client before it is cut off (it resumes by cursor). */
+const SSE_QUEUED_BYTES_MAX = 1024 * 1024;
+
+/** Where the built console is (console/dist at the repository's root, relative to dist/src/api). */
+export const CONSOLE_DIR_DEFAULT = fileURLToPath(new URL('../../../console/dist/', import.meta.url));
 
 /** How long one request may take from its first byte to its answer, at the socket level. */
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -110,6 +146,10 @@ export interface ApiServerOptions {
    * requests that never answer.
    */
   backendTimeoutMs?: number;
+  /** Told every route as it is added (method, URL, and whether the OpenAPI document leaves it out). */
+  onRoute?: (route: { method: string; url: string; hidden: boolean }) => void;
+  /** The built console's folder (default CONSOLE_DIR_DEFAULT); a missing folder serves a page saying how to build it. */
+  consoleDir?: string;
 }
 
 export interface ApiServer {
@@ -119,8 +159,20 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-/** Routes that answer without a token: health checks, for load balancers and scripts. */
-const OPEN_ROUTES = new Set(['/health', '/health/vms/:name/primary']);
+/**
+ * Routes that answer without a token: health checks (load balancers and
+ * scripts), the OpenAPI document, and the console's static files, which
+ * carry no data (the page asks for the token and sends it in a header).
+ */
+const OPEN_ROUTES = new Set([
+  '/health',
+  '/health/vms/:name/primary',
+  '/openapi.json',
+  '/',
+  '/index.html',
+  '/favicon.svg',
+  '/assets/*',
+]);
 
 /**
  * Starts the API on `listen` and resolves once it accepts connections.
@@ -132,6 +184,30 @@ export async function startApiServer(
   listen: ApiListen,
   opts: ApiServerOptions = {},
 ): Promise<ApiServer> {
+  const app = await buildApiApp(backend, opts);
+  try {
+    await app.listen({ host: listen.host, port: listen.port });
+  } catch (e) {
+    await app.close().catch(() => undefined);
+    throw e;
+  }
+  // Node's default (60 s) lets a client trickle headers for a minute per socket.
+  app.server.headersTimeout = HEADERS_TIMEOUT_MS;
+  const bound = app.server.address() as AddressInfo;
+  return {
+    address: { host: bound.address, port: bound.port },
+    close: () => app.close(),
+  };
+}
+
+/** The fastify instance the API is (its logger type is pino's). */
+export type ApiApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, Logger>;
+
+/**
+ * The API as a fastify instance with every route, not listening yet (the
+ * OpenAPI test and generator read its routes and document from here).
+ */
+export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions = {}): Promise<ApiApp> {
   const logger =
     opts.logger === undefined
       ? pino(
@@ -205,7 +281,7 @@ export async function startApiServer(
 
   app.addHook('onSend', async (_req, reply, payload) => {
     // API answers describe live state; a proxy or client cache must not replay them.
-    void reply.header('cache-control', 'no-store');
+    if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store');
     return payload;
   });
 
@@ -232,17 +308,75 @@ export async function startApiServer(
     void reply.code(404).send(errorBody('not-found', `no route ${req.method} ${clip(path, 200)}`));
   });
 
+  if (opts.onRoute !== undefined) {
+    const tell = opts.onRoute;
+    app.addHook('onRoute', (r) => {
+      for (const method of Array.isArray(r.method) ? r.method : [r.method])
+        tell({ method, url: r.url, hidden: (r.schema as { hide?: boolean } | undefined)?.hide === true });
+    });
+  }
+
+  // ---- The OpenAPI document ---------------------------------------------
+  // Every route below carries its schemas; the document is generated from them (docs/openapi.json
+  // is a checked-in copy, and a test keeps the two and the routes in step).
+  await app.register(fastifySwagger, { openapi: OPENAPI_BASE });
+  // Response schemas document the answers; they are not used to serialise them (the types in
+  // backend.ts already match them, and the client checks every answer).
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+
+  const errors = {
+    default: { description: 'An error (see "Errors" in docs/API.md)', ...ApiErrorBodySchema },
+  };
+  const doc = (
+    summary: string,
+    more: {
+      tags?: string[];
+      open?: boolean;
+      response?: Record<string | number, unknown>;
+      description?: string;
+    },
+  ): Record<string, unknown> => ({
+    summary,
+    tags: more.tags ?? ['vms'],
+    ...(more.description !== undefined ? { description: more.description } : {}),
+    ...(more.open === true ? { security: [] } : {}),
+    response: { ...more.response, ...errors },
+  });
+  const binary = (description: string): unknown => ({
+    description,
+    content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
+  });
+
   // ---- Open routes ------------------------------------------------------
 
-  app.get('/health', async (_req, reply) => {
-    const info = backend.info();
-    const body: HealthResponse = { ok: true, name: info.name, clusterId: info.clusterId };
-    return reply.send(body);
-  });
+  app.get(
+    '/health',
+    {
+      schema: doc('Liveness of the answering host', {
+        tags: ['health'],
+        open: true,
+        response: { 200: HealthResponseSchema },
+      }),
+    },
+    async (_req, reply) => {
+      const info = backend.info();
+      const body: HealthResponse = { ok: true, name: info.name, clusterId: info.clusterId };
+      return reply.send(body);
+    },
+  );
 
   app.get<{ Params: { name: string } }>(
     '/health/vms/:name/primary',
-    { schema: { params: VmNameParamsSchema } },
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        ...doc('Whether this host is the live primary of the VM (for load balancers)', {
+          tags: ['health'],
+          open: true,
+          response: { 200: PrimaryResponseSchema, 503: PrimaryResponseSchema },
+        }),
+      },
+    },
     async (req, reply) => {
       const primary = backend.isPrimaryFor(req.params.name);
       const body: PrimaryResponse = { primary };
@@ -250,62 +384,187 @@ export async function startApiServer(
     },
   );
 
+  app.get(
+    '/openapi.json',
+    { schema: doc('This document', { tags: ['health'], open: true, response: { 200: { type: 'object' } } }) },
+    async (_req, reply) => reply.send(app.swagger()),
+  );
+
+  // ---- The console (open: static files only) ------------------------------
+
+  const consoleDir = opts.consoleDir ?? CONSOLE_DIR_DEFAULT;
+  const consoleBuilt = existsSync(`${consoleDir}/index.html`);
+  await app.register(fastifyStatic, { root: consoleDir, serve: false });
+  const consolePage = { schema: { hide: true } };
+  const sendIndex = async (_req: unknown, reply: FastifyReply): Promise<FastifyReply> => {
+    if (!consoleBuilt)
+      return reply
+        .code(503)
+        .type('text/html; charset=utf-8')
+        .send(
+          '<!doctype html><title>Lockstep</title><p>The console is not built on this host. ' +
+            'Run <code>npm run build:console</code> (or <code>npm ci</code>) in the Lockstep folder, then reload.</p>',
+        );
+    // The page is small and changes with each build: never cached, so a rebuilt console shows at once.
+    return reply.header('cache-control', 'no-store').sendFile('index.html', { cacheControl: false });
+  };
+  app.get('/', consolePage, sendIndex);
+  app.get('/index.html', consolePage, sendIndex);
+  app.get('/favicon.svg', consolePage, async (_req, reply) => reply.sendFile('favicon.svg'));
+  app.get<{ Params: { '*': string } }>('/assets/*', consolePage, async (req, reply) =>
+    // Built files are named by their content's hash, so they may be cached for good.
+    reply.sendFile(`assets/${req.params['*']}`, { maxAge: '365d', immutable: true }),
+  );
+
   // ---- Authenticated routes ---------------------------------------------
 
-  app.get('/v1/info', async (_req, reply) => reply.send(backend.info()));
+  app.get(
+    '/v1/info',
+    { schema: doc('The answering host', { tags: ['hosts'], response: { 200: HostInfoSchema } }) },
+    async (_req, reply) => reply.send(backend.info()),
+  );
 
-  app.get('/v1/hosts', async (_req, reply) => sendResult(reply, await backend.listHosts(), 200));
+  app.get(
+    '/v1/hosts',
+    {
+      schema: doc('Every host of the cluster, as the answering host sees it', {
+        tags: ['hosts'],
+        response: { 200: HostStatusListSchema },
+      }),
+    },
+    async (_req, reply) => sendResult(reply, await backend.listHosts(), 200),
+  );
 
-  app.get('/v1/vms', async (_req, reply) => sendResult(reply, await backend.listVms(), 200));
+  app.post<{ Params: { name: string } }>(
+    '/v1/hosts/:name/kill',
+    {
+      schema: {
+        params: HostNameParamsSchema,
+        ...doc("Simulate a host failure: SIGKILL of that host's process (hosts of a local cluster only)", {
+          tags: ['hosts'],
+          response: { 202: KillHostAnswerSchema },
+        }),
+      },
+    },
+    async (req, reply) => sendResult(reply, await backend.killHost(req.params.name), 202),
+  );
+
+  app.get(
+    '/v1/vms',
+    { schema: doc('Every VM of the cluster', { response: { 200: VmStatusListSchema } }) },
+    async (_req, reply) => sendResult(reply, await backend.listVms(), 200),
+  );
 
   app.post<{ Body: CreateVmRequest }>(
     '/v1/vms',
-    { schema: { body: CreateVmRequestSchema } },
+    {
+      schema: {
+        body: CreateVmRequestSchema,
+        ...doc('Create a VM and start it', { response: { 201: VmStatusSchema } }),
+      },
+    },
     async (req, reply) => sendResult(reply, await backend.createVm(req.body), 201),
   );
 
-  const nameRoute = { schema: { params: VmNameParamsSchema } };
+  const vmRoute = (summary: string, description?: string): { schema: Record<string, unknown> } => ({
+    schema: {
+      params: VmNameParamsSchema,
+      ...doc(summary, {
+        response: { 200: VmStatusSchema },
+        ...(description !== undefined ? { description } : {}),
+      }),
+    },
+  });
 
-  app.get<{ Params: { name: string } }>('/v1/vms/:name', nameRoute, async (req, reply) =>
+  app.get<{ Params: { name: string } }>('/v1/vms/:name', vmRoute('One VM'), async (req, reply) =>
     sendResult(reply, await backend.getVm(req.params.name), 200),
   );
 
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/start', nameRoute, async (req, reply) =>
-    sendResult(reply, await backend.startVm(req.params.name), 200),
+  app.post<{ Params: { name: string } }>(
+    '/v1/vms/:name/start',
+    vmRoute('Start a stopped VM'),
+    async (req, reply) => sendResult(reply, await backend.startVm(req.params.name), 200),
   );
 
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', nameRoute, async (req, reply) =>
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', vmRoute('Stop a VM'), async (req, reply) =>
     sendResult(reply, await backend.stopVm(req.params.name), 200),
   );
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/failover', nameRoute, async (req, reply) =>
-    sendResult(reply, await backend.failoverVm(req.params.name), 200),
+  app.post<{ Params: { name: string } }>(
+    '/v1/vms/:name/failover',
+    vmRoute(
+      'Test failover',
+      'The backup takes over through the same path as a real failure (FT VMs that are protected).',
+    ),
+    async (req, reply) => sendResult(reply, await backend.failoverVm(req.params.name), 200),
   );
 
   app.post<{ Params: { name: string }; Body: SetFtRequest }>(
     '/v1/vms/:name/ft',
-    { schema: { params: VmNameParamsSchema, body: SetFtRequestSchema } },
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        body: SetFtRequestSchema,
+        ...doc('Switch fault tolerance on or off, without a restart', { response: { 200: VmStatusSchema } }),
+      },
+    },
     async (req, reply) => sendResult(reply, await backend.setFt(req.params.name, req.body), 200),
   );
 
   app.post<{ Params: { name: string }; Body: MigrateRequest }>(
     '/v1/vms/:name/migrate',
-    { schema: { params: VmNameParamsSchema, body: MigrateRequestSchema } },
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        body: MigrateRequestSchema,
+        ...doc('Live-migrate the running VM to another host', { response: { 200: VmStatusSchema } }),
+      },
+    },
     async (req, reply) => sendResult(reply, await backend.migrateVm(req.params.name, req.body), 200),
   );
 
-  app.delete<{ Params: { name: string } }>('/v1/vms/:name', nameRoute, async (req, reply) =>
-    sendResult(reply, await backend.removeVm(req.params.name), 204),
+  app.delete<{ Params: { name: string } }>(
+    '/v1/vms/:name',
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        ...doc('Remove a VM and its data', { response: { 204: { type: 'null', description: 'Removed' } } }),
+      },
+    },
+    async (req, reply) => sendResult(reply, await backend.removeVm(req.params.name), 204),
   );
 
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/snapshot', nameRoute, async (req, reply) => {
-    const result = await backend.snapshotVm(req.params.name);
-    if (!result.ok) return sendResult(reply, result, 200);
-    return reply.code(200).type('application/octet-stream').send(Readable.from(result.value.body));
-  });
+  app.post<{ Params: { name: string } }>(
+    '/v1/vms/:name/snapshot',
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        ...doc(
+          'A snapshot file of the running VM with its disk (docs/SNAPSHOT-FORMAT.md); primary host only',
+          {
+            response: { 200: binary('The snapshot stream') },
+          },
+        ),
+      },
+    },
+    async (req, reply) => {
+      const result = await backend.snapshotVm(req.params.name);
+      if (!result.ok) return sendResult(reply, result, 200);
+      return reply.code(200).type('application/octet-stream').send(Readable.from(result.value.body));
+    },
+  );
 
   app.post<{ Params: { name: string }; Body: CloneRequest }>(
     '/v1/vms/:name/clone',
-    { schema: { params: VmNameParamsSchema, body: CloneRequestSchema } },
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        body: CloneRequestSchema,
+        ...doc('Host to host: the live clone of an FT primary for the backup the placement names', {
+          tags: ['internal'],
+          response: { 200: binary(`The snapshot stream; header ${CLONE_START_HEADER}: "OFFSET,EVENTS"`) },
+        }),
+      },
+    },
     async (req, reply) => {
       const result = await backend.cloneVm(req.params.name, req.body);
       if (!result.ok) return sendResult(reply, result, 200);
@@ -319,7 +578,17 @@ export async function startApiServer(
 
   app.get<{ Params: { name: string }; Querystring: { bytes?: string } }>(
     '/v1/vms/:name/logs',
-    { schema: { params: VmNameParamsSchema, querystring: VmLogsQuerySchema } },
+    {
+      schema: {
+        params: VmNameParamsSchema,
+        querystring: VmLogsQuerySchema,
+        ...doc("The tail of the VM's console (stdout and stderr)", {
+          response: {
+            200: { description: 'The tail', content: { 'text/plain': { schema: { type: 'string' } } } },
+          },
+        }),
+      },
+    },
     async (req, reply) => {
       const bytesMax = req.query.bytes === undefined ? LOG_BYTES_DEFAULT : Number(req.query.bytes);
       if (!(bytesMax >= 1 && bytesMax <= LOG_BYTES_MAX)) {
@@ -331,20 +600,184 @@ export async function startApiServer(
     },
   );
 
-  try {
-    await app.listen({ host: listen.host, port: listen.port });
-  } catch (e) {
-    await app.close().catch(() => undefined);
-    throw e;
-  }
-  // Node's default (60 s) lets a client trickle headers for a minute per socket.
-  app.server.headersTimeout = HEADERS_TIMEOUT_MS;
-  const bound = app.server.address() as AddressInfo;
-  return {
-    address: { host: bound.address, port: bound.port },
-    close: () => app.close(),
-  };
+  // ---- Modules ------------------------------------------------------------
+
+  app.addContentTypeParser(
+    ['application/wasm', 'application/octet-stream'],
+    { parseAs: 'buffer' },
+    (_req, body, done) => done(null, body),
+  );
+
+  app.post<{ Body: Buffer }>(
+    '/v1/modules',
+    {
+      bodyLimit: MODULE_BYTES_MAX,
+      schema: {
+        ...doc('Upload a module; create VMs from the path it answers', {
+          tags: ['modules'],
+          description: `The body is the .wasm file (Content-Type: application/wasm), at most ${MODULE_BYTES_MAX} bytes.`,
+          response: { 201: ModuleInfoSchema },
+        }),
+      },
+    },
+    async (req, reply) => {
+      if (!Buffer.isBuffer(req.body) || req.body.byteLength === 0)
+        return reply
+          .code(400)
+          .send(errorBody('invalid', "the body must be the module's bytes (Content-Type: application/wasm)"));
+      return sendResult(reply, await backend.uploadModule(req.body), 201);
+    },
+  );
+
+  // ---- Events and metrics -----------------------------------------------
+
+  app.get<{ Querystring: { after?: string; limit?: string; scope?: EventScope } }>(
+    '/v1/events',
+    {
+      schema: {
+        querystring: EventsQuerySchema,
+        ...doc('The event timeline after a cursor (oldest first)', {
+          tags: ['events'],
+          response: { 200: EventsPageSchema },
+        }),
+      },
+    },
+    async (req, reply) => {
+      const limit = req.query.limit === undefined ? EVENTS_LIMIT_DEFAULT : Number(req.query.limit);
+      if (!(limit >= 1 && limit <= EVENTS_LIMIT_DEFAULT))
+        return reply
+          .code(400)
+          .send(errorBody('invalid', `query.limit must be from 1 to ${EVENTS_LIMIT_DEFAULT}`));
+      return reply.send(backend.events(req.query.scope ?? 'cluster', Number(req.query.after ?? '0'), limit));
+    },
+  );
+
+  let streams = 0;
+  app.get<{ Querystring: { after?: string; limit?: string; scope?: EventScope } }>(
+    '/v1/events/stream',
+    {
+      schema: {
+        querystring: EventsQuerySchema,
+        ...doc('The event timeline as server-sent events', {
+          tags: ['events'],
+          description:
+            'Each message is `id: CURSOR`, `event: lockstep`, `data: <a ClusterEvent as JSON>`. The backlog after ' +
+            '`Last-Event-ID` (or `?after=`) comes first; a comment line is sent every ' +
+            `${SSE_PING_MS / 1000} s while nothing happens.`,
+          response: {
+            200: {
+              description: 'The stream',
+              content: { 'text/event-stream': { schema: { type: 'string' } } },
+            },
+          },
+        }),
+      },
+    },
+    async (req, reply) => {
+      if (streams >= SSE_STREAMS_MAX)
+        return reply
+          .code(503)
+          .send(errorBody('unavailable', `this host serves ${SSE_STREAMS_MAX} event streams already`));
+      const lastId = req.headers['last-event-id'];
+      const fromHeader = typeof lastId === 'string' && /^[0-9]{1,15}$/.test(lastId) ? Number(lastId) : null;
+      const after = fromHeader ?? Number(req.query.after ?? '0');
+      const scope = req.query.scope ?? 'cluster';
+      streams++;
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-store',
+        connection: 'keep-alive',
+        // Proxies that buffer (nginx) would hold the events back otherwise.
+        'x-accel-buffering': 'no',
+      });
+      let sentCursor = after;
+      const write = (e: ClusterEvent): void => {
+        if (e.cursor <= sentCursor) return;
+        sentCursor = e.cursor;
+        // A client that does not read is cut off rather than buffered without bound; it resumes by cursor.
+        if (res.writableLength > SSE_QUEUED_BYTES_MAX) {
+          res.destroy();
+          return;
+        }
+        res.write(`id: ${e.cursor}\nevent: lockstep\ndata: ${JSON.stringify(e)}\n\n`);
+      };
+      // Subscribed before the backlog is read, so nothing falls between the two (write() skips repeats).
+      const pending: ClusterEvent[] = [];
+      let live = false;
+      const unsubscribe =
+        scope === 'cluster'
+          ? backend.subscribeEvents((e) => (live ? write(e) : pending.push(e)))
+          : () => undefined;
+      res.write(`retry: 2000\n\n`);
+      for (let page = backend.events(scope, after, EVENTS_LIMIT_DEFAULT); page.events.length > 0;) {
+        for (const e of page.events) write(e);
+        page = backend.events(scope, sentCursor, EVENTS_LIMIT_DEFAULT);
+      }
+      for (const e of pending) write(e);
+      live = true;
+      const ping = setInterval(() => res.write(': ping\n\n'), SSE_PING_MS);
+      const end = (): void => {
+        clearInterval(ping);
+        unsubscribe();
+        streams--;
+      };
+      res.once('close', end);
+    },
+  );
+
+  app.get(
+    '/metrics',
+    {
+      schema: doc('Prometheus metrics of the answering host (text exposition format)', {
+        tags: ['metrics'],
+        response: {
+          200: { description: 'The metrics', content: { 'text/plain': { schema: { type: 'string' } } } },
+        },
+      }),
+    },
+    async (_req, reply) => {
+      const m = await backend.metrics();
+      return reply.code(200).type(m.contentType).send(m.body);
+    },
+  );
+
+  await app.ready();
+  // The instance's logger type follows the `logger` option's branch; callers need neither.
+  return app as unknown as ApiApp;
 }
+
+/** The document's fixed part; the paths come from the routes. */
+export const OPENAPI_BASE = {
+  openapi: '3.0.3',
+  info: {
+    title: 'Lockstep host API',
+    version: '1',
+    description:
+      'Every host of a Lockstep cluster serves this API and answers for the whole cluster. ' +
+      'docs/API.md explains authentication, errors and limits.',
+  },
+  components: {
+    securitySchemes: {
+      bearer: {
+        type: 'http' as const,
+        scheme: 'bearer',
+        description: "The cluster's API token (`lockstep cluster token`)",
+      },
+    },
+  },
+  security: [{ bearer: [] }],
+  tags: [
+    { name: 'vms', description: 'Virtual machines' },
+    { name: 'hosts', description: 'Hosts of the cluster' },
+    { name: 'events', description: 'The event timeline' },
+    { name: 'modules', description: 'Uploaded modules' },
+    { name: 'metrics', description: 'Prometheus metrics' },
+    { name: 'health', description: 'Open checks' },
+    { name: 'internal', description: 'Host to host' },
+  ],
+};
 
 /** Sends a backend's answer: its value with `successStatus`, or its error with the matching status. */
 function sendResult<T>(reply: FastifyReply, result: ApiResult<T>, successStatus: number): FastifyReply {

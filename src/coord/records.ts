@@ -154,5 +154,15 @@ export interface VmStatusRecord {
     /** The backup this protection speaks of (absent in records of older hosts). */
     backup?: string | null;
     backupIncarnation?: string | null;
+    /**
+     * The log at this generation (bytes, host calls) and the log file's size,
+     * a clone's progress, and when these were measured (epoch ms); absent in
+     * records of older hosts.
+     */
+    logBytes?: number;
+    logFileBytes?: number;
+    logEvents?: number;
+    clone?: { doneBytes: number; totalBytes: number } | null;
+    sampledAtMs?: number;
   };
 }

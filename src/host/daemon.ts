@@ -27,7 +27,7 @@
  * - A takeover fences the old host before the VM starts here.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { readFile, rm, stat, open as openFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile, open as openFile } from 'node:fs/promises';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -61,6 +61,11 @@ import type {
   HostInfo,
   HostStatus,
   VmStatus,
+  ClusterEvent,
+  EventScope,
+  EventsPage,
+  KillHostAnswer,
+  ModuleInfo,
 } from '../api/backend.js';
 import { startApiServer } from '../api/server.js';
 import { ApiClient } from '../api/client.js';
@@ -96,6 +101,8 @@ import { InterfaceVips, type ServiceAddresses } from './vip.js';
 import type { HostTimings } from './timings.js';
 import { MEMORY_MAX_MIB_DEFAULT, MEMORY_MAX_MIB_LIMIT } from '../vm/vm.js';
 import { parseListen } from '../io/net-device.js';
+import { HostEvents, PeerCursors, type EventInput } from './events.js';
+import { HostMetrics, type VmCopyFigures } from './metrics.js';
 
 export interface HostOptions {
   name: string;
@@ -115,6 +122,8 @@ export interface HostOptions {
   cacheDir?: string;
   /** Monotonic milliseconds. */
   nowMs?: () => number;
+  /** The wall clock (epoch ms) stamped on events and live figures; Date.now by default. */
+  wallMs?: () => number;
   /** How other hosts fence this one; local by default. */
   fence?: FenceSpec;
   /**
@@ -137,6 +146,12 @@ export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'
 /** Rejected frames are logged at most this often per reason (they are always counted). */
 /** How long a clone request waits for this host to offer the VM to the asking backup. */
 const CLONE_OFFER_WAIT_MS = 3000;
+/** How often each peer's new events are pulled into this host's merged timeline. */
+const EVENTS_PULL_MS = 500;
+/** How often the log is sampled for the bandwidth metric. */
+const METRICS_SAMPLE_MS = 1000;
+/** "Simulate host failure" of the answering host itself: the answer leaves before the process dies. */
+const SELF_KILL_DELAY_MS = 200;
 const REJECT_LOG_INTERVAL_MS = 5000;
 /** An FT backup that failed to start or attach is tried again after this long. */
 const BACKUP_RETRY_MS = 1000;
@@ -190,7 +205,17 @@ export class HostDaemon implements HostBackend {
   private readonly backupTakeoverWaitSinceMs = new Map<string, number>();
   private readonly incarnation = randomBytes(8).toString('hex');
   private readonly nowMs: () => number;
+  private readonly wallMs: () => number;
   private readonly log: Logger;
+  /** This host's events and the cluster's as merged here (src/host/events.ts). */
+  private readonly timeline: HostEvents;
+  private readonly peerEventCursors = new PeerCursors();
+  private eventPullRunning = false;
+  private readonly metricsHub: HostMetrics;
+  /** The protection each local primary was last seen in, so changes become events. */
+  private readonly protectionSeen = new Map<string, string>();
+  /** Whether each VM's spec asks for FT, as of the last read (for metrics). */
+  private ftWanted = new Map<string, boolean>();
 
   private constructor(
     private readonly opts: HostOptions,
@@ -200,7 +225,18 @@ export class HostDaemon implements HostBackend {
     private readonly udp: PeerUdp,
   ) {
     this.nowMs = opts.nowMs ?? (() => performance.now());
+    this.wallMs = opts.wallMs ?? (() => Date.now());
     this.log = opts.logger;
+    this.timeline = new HostEvents(opts.name, this.incarnation, this.wallMs);
+    this.metricsHub = new HostMetrics(
+      opts.name,
+      {
+        vms: () => this.vmFigures(),
+        peers: () =>
+          this.membership.peers().map((p) => ({ name: p.name, state: p.state, rttMsMedian: p.rttMsMedian })),
+      },
+      this.nowMs,
+    );
     this.membership = new Membership({ self: opts.name, ...opts.timings.membership });
     this.addresses =
       opts.vipInterface != null
@@ -321,6 +357,8 @@ export class HostDaemon implements HostBackend {
     this.every(t.registryRefreshMs, () => void this.refreshRegistry());
     this.every(t.reconcileIntervalMs, () => this.reconcileSoon());
     this.every(t.claimRenewMs, () => void this.renewClaims());
+    this.every(METRICS_SAMPLE_MS, () => this.metricsHub.sample());
+    this.every(EVENTS_PULL_MS, () => void this.pullPeerEvents());
     this.tick();
     this.reconcileSoon();
     return { ok: true };
@@ -415,18 +453,218 @@ export class HostDaemon implements HostBackend {
     if (this.stopping) return;
     this.apply(this.membership.step({ type: 'tick', nowMs: this.nowMs() }));
     this.checkClaimHolds();
+    this.noteProtectionChanges();
+  }
+
+  /** Logs `input.message` at `level` (with `fields`) and keeps it as an event of the timeline. */
+  private tell(level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, input: EventInput): void {
+    const e = this.timeline.record(input);
+    this.log[level](
+      {
+        event: e.kind,
+        ...(e.vm !== null ? { vm: e.vm } : {}),
+        ...(e.generation !== null ? { generation: e.generation } : {}),
+        ...(e.peer !== null ? { peer: e.peer } : {}),
+        ...(e.durationMs !== null ? { durationMs: e.durationMs } : {}),
+        ...fields,
+      },
+      e.message,
+    );
+  }
+
+  /** Every change of a local primary's live protection becomes an event (read on each tick). */
+  private noteProtectionChanges(): void {
+    for (const [name, l] of this.localVms) {
+      const ft = l.roleName === 'primary' && l.state === 'running' ? l.ftStatus() : null;
+      if (ft === null) {
+        this.protectionSeen.delete(name);
+        continue;
+      }
+      const key = `${l.generation}/${ft.protection}`;
+      const prev = this.protectionSeen.get(name);
+      if (prev === key) continue;
+      this.protectionSeen.set(name, key);
+      // The first sight of a copy at a generation that is merely unprotected says nothing new.
+      if (prev === undefined && ft.protection === 'unprotected') continue;
+      const what =
+        ft.protection === 'protected'
+          ? `protected (backup ${ft.backup ?? '?'} has replayed everything)`
+          : ft.protection === 'syncing'
+            ? `catching up (backup ${ft.backup ?? '?'} attached)`
+            : ft.protection === 'reprotecting'
+              ? `re-protecting: ${ft.reason ?? 'a backup is being made'}`
+              : `unprotected: ${ft.reason ?? 'no backup'}`;
+      this.tell(
+        ft.protection === 'unprotected' ? 'warn' : 'info',
+        {},
+        {
+          kind: 'protection',
+          vm: name,
+          generation: l.generation,
+          peer: ft.backup,
+          message: `${name} is ${what}`,
+        },
+      );
+    }
+  }
+
+  /** What /metrics reports of the local VM copies. */
+  private vmFigures(): VmCopyFigures[] {
+    const out: VmCopyFigures[] = [];
+    for (const [name, l] of this.localVms) {
+      const ft = l.roleName === 'primary' ? l.ftStatus() : null;
+      out.push({
+        name,
+        role: l.roleName,
+        state: l.state,
+        generation: l.generation,
+        protection:
+          l.roleName === 'backup'
+            ? null
+            : this.ftWanted.get(name) === false
+              ? 'off'
+              : (ft?.protection ?? null),
+        lagMs: ft?.lagMs ?? null,
+        lagBytes: ft?.lagBytes ?? null,
+        lagEvents: ft?.lagEvents ?? null,
+        heldOutputs: ft?.heldOutputs ?? null,
+        logBytes: ft?.logBytes ?? null,
+        logEvents: ft?.logEvents ?? null,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Pulls each live peer's own new events into the merged feed, so this host
+   * can answer for the whole cluster. One pull at a time; a peer that does
+   * not answer is skipped until the next round.
+   */
+  private async pullPeerEvents(): Promise<void> {
+    if (this.eventPullRunning || this.stopping) return;
+    this.eventPullRunning = true;
+    try {
+      const peers = [...this.hostRecords.values()].filter(
+        (h) => h.name !== this.opts.name && h.state === 'up',
+      );
+      await Promise.all(
+        peers.map(async (h) => {
+          const client = new ApiClient({ endpoints: [h.api], token: this.cluster.tokenHex, timeoutMs: 1000 });
+          const after = this.peerEventCursors.next(h.name);
+          const r = await client.events({ scope: 'local', after });
+          if (!r.ok) return;
+          this.timeline.merge(r.value.events);
+          const last = r.value.events.at(-1)?.cursor ?? after;
+          // A restarted peer numbers its events from 1 again: ask it from the start next time.
+          this.peerEventCursors.update(h.name, r.value.incarnation, last);
+        }),
+      );
+    } finally {
+      this.eventPullRunning = false;
+    }
+  }
+
+  events(scope: EventScope, after: number, limit: number): EventsPage {
+    const ring = scope === 'local' ? this.timeline.local : this.timeline.cluster;
+    return {
+      host: this.opts.name,
+      incarnation: this.incarnation,
+      cursor: ring.cursor,
+      events: ring.after(after, limit),
+    };
+  }
+
+  subscribeEvents(fn: (e: ClusterEvent) => void): () => void {
+    return this.timeline.cluster.subscribe(fn);
+  }
+
+  metrics(): Promise<{ contentType: string; body: string }> {
+    return this.metricsHub.text();
+  }
+
+  async uploadModule(bytes: Buffer): Promise<ApiResult<ModuleInfo>> {
+    // Refused here rather than at start: a VM created from a broken upload would only fail later, elsewhere.
+    if (!WebAssembly.validate(bytes)) return invalid('the upload is not a valid WebAssembly module');
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const dir = path.join(this.opts.dataDir, 'modules');
+    const file = path.join(dir, `${sha256}.wasm`);
+    try {
+      await mkdir(dir, { recursive: true });
+      // Written under a temporary name and renamed, so a reader never sees half a module.
+      const tmp = `${file}.${this.incarnation}.tmp`;
+      await writeFile(tmp, bytes, { mode: 0o644 });
+      await rename(tmp, file);
+    } catch (e) {
+      return {
+        ok: false,
+        error: { code: 'internal', message: `cannot store the module: ${(e as Error).message}` },
+      };
+    }
+    this.log.info(
+      { path: file, bytes: bytes.byteLength },
+      `stored an uploaded module (${bytes.byteLength} bytes)`,
+    );
+    return { ok: true, value: { path: file, sha256, bytes: bytes.byteLength } };
+  }
+
+  async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
+    const rec = this.hostRecords.get(name);
+    if (rec === undefined)
+      return { ok: false, error: { code: 'not-found', message: `no host named ${name} in this cluster` } };
+    if (rec.bootId !== selfIdentity().bootId)
+      return conflict(
+        `host ${name} runs on another machine; "simulate host failure" only kills hosts of a local cluster (stop it there, or cut its power)`,
+      );
+    if (liveness({ pid: rec.pid, startTicks: rec.pidStartTicks, bootId: rec.bootId }) !== 'alive')
+      return conflict(`host ${name} (pid ${rec.pid}) is not running`);
+    this.tell(
+      'warn',
+      { pid: rec.pid },
+      {
+        kind: 'host-killed',
+        peer: name,
+        message: `simulated failure of host ${name}: its process ${rec.pid} is killed with SIGKILL`,
+      },
+    );
+    const kill = (): void => {
+      try {
+        process.kill(rec.pid, 'SIGKILL');
+      } catch {
+        // Gone meanwhile: the failure it simulates happened anyway.
+      }
+    };
+    // Killing this very host: answer first, so the caller learns it was done.
+    if (name === this.opts.name) setTimeout(kill, SELF_KILL_DELAY_MS).unref();
+    else kill();
+    return { ok: true, value: { host: name, pid: rec.pid } };
   }
 
   private apply(actions: MembershipAction[]): void {
     for (const a of actions) {
       if (a.type === 'send') this.sendHeartbeat(a.to, a.peer, a.msg);
       else if (a.type === 'peer-removed') {
-        this.log.info({ peer: a.name, reason: a.reason }, `peer ${a.name} removed (${a.reason})`);
+        this.tell(
+          'info',
+          { reason: a.reason },
+          {
+            kind: 'host-removed',
+            peer: a.name,
+            message: `host ${a.name} left the cluster view (${a.reason})`,
+          },
+        );
+        this.peerEventCursors.forget(a.name);
         this.reconcileSoon();
       } else if (a.type === 'peer-state') {
-        this.log.info(
-          { peer: a.name, state: a.state, previous: a.previous, silentMs: a.silentMs },
-          `peer ${a.name} is ${a.state}`,
+        const silent = a.state === 'up' ? '' : ` after ${Math.round(a.silentMs)} ms without a heartbeat`;
+        this.tell(
+          'info',
+          { state: a.state, previous: a.previous, silentMs: a.silentMs },
+          {
+            kind: a.state === 'up' ? 'host-up' : a.state === 'suspect' ? 'host-suspect' : 'host-down',
+            peer: a.name,
+            durationMs: a.state === 'up' ? null : a.silentMs,
+            message: `host ${a.name} is ${a.state}${silent}`,
+          },
         );
         this.reconcileSoon();
       }
@@ -528,7 +766,9 @@ export class HostDaemon implements HostBackend {
   private async readVms(): Promise<Map<string, VmBundle> | null> {
     const r = await this.coord.list(VMS_PREFIX);
     if (!r.ok) return null;
-    return bundle(r.value);
+    const vms = bundle(r.value);
+    this.ftWanted = new Map([...vms].map(([name, b]) => [name, b.spec?.value.ft === true]));
+    return vms;
   }
 
   private async reconcile(): Promise<void> {
@@ -782,13 +1022,32 @@ export class HostDaemon implements HostBackend {
         );
         if (!r.ok) {
           if (r.error.code !== 'conflict') this.log.warn({ vm: name, err: r.error }, 'placement failed');
+          else
+            this.tell(
+              'info',
+              {},
+              {
+                kind: 'tas-lost',
+                vm: name,
+                generation: a.placement.generation,
+                message: `lost the test-and-set for ${name} generation ${a.placement.generation}: another host changed it first`,
+              },
+            );
           return;
         }
-        this.log.info(
-          { vm: name, generation: a.placement.generation, fence: a.fence },
-          a.fence === null
-            ? `won ${name} generation ${a.placement.generation}`
-            : `won ${name} generation ${a.placement.generation}: taking it over from ${a.fence}`,
+        this.tell(
+          'info',
+          { fence: a.fence },
+          {
+            kind: 'tas-won',
+            vm: name,
+            generation: a.placement.generation,
+            peer: a.fence,
+            message:
+              a.fence === null
+                ? `won ${name} generation ${a.placement.generation} (primary ${a.placement.primary ?? 'none'}${a.placement.backup != null ? `, backup ${a.placement.backup}` : ''})`
+                : `won ${name} generation ${a.placement.generation}: taking it over from ${a.fence}`,
+          },
         );
         if (a.fence !== null) this.pendingFence.set(name, a.fence);
         this.reconcileSoon();
@@ -839,9 +1098,15 @@ export class HostDaemon implements HostBackend {
         if (!(await this.claim(name, a.generation))) return;
         if (a.type === 'adopt') {
           const why = l.ftStatus()?.reason ?? 'the backup was lost';
-          this.log.info(
-            { vm: name, generation: a.generation, reason: why },
-            `${name}: running alone at generation ${a.generation} (${why})`,
+          this.tell(
+            'info',
+            { reason: why },
+            {
+              kind: 'running-alone',
+              vm: name,
+              generation: a.generation,
+              message: `${name}: running alone at generation ${a.generation} (${why})`,
+            },
           );
           l.adopt(a.generation, `running alone: ${why}`);
           void this.writeStatus(name, a.generation, 'running', null, null);
@@ -851,25 +1116,47 @@ export class HostDaemon implements HostBackend {
         try {
           await l.promote(a.generation, `took over from ${fence ?? 'the old primary'}`);
         } catch (e) {
-          this.log.error(
-            { vm: name, err: (e as Error).message },
-            `${name}: go-live failed: ${(e as Error).message}`,
+          this.tell(
+            'error',
+            { err: (e as Error).message },
+            {
+              kind: 'go-live-failed',
+              vm: name,
+              generation: a.generation,
+              message: `${name}: go-live failed: ${(e as Error).message}`,
+            },
           );
           l.stop(true);
           return;
         }
-        this.log.info(
-          { vm: name, generation: a.generation, goLiveMs: Math.round(this.nowMs() - t0) },
-          `${name}: live at generation ${a.generation} (go-live took ${Math.round(this.nowMs() - t0)} ms)`,
+        const goLiveMs = Math.round(this.nowMs() - t0);
+        this.metricsHub.noteFailover(name);
+        this.tell(
+          'info',
+          { goLiveMs },
+          {
+            kind: b.spec?.value.migrate?.to === this.opts.name ? 'migrated' : 'go-live',
+            vm: name,
+            generation: a.generation,
+            peer: fence ?? null,
+            durationMs: goLiveMs,
+            message: `${name}: live at generation ${a.generation} on ${this.opts.name} (go-live took ${goLiveMs} ms)`,
+          },
         );
         return;
       }
       case 'stop': {
         const l = this.localVms.get(name);
         if (l === undefined) return;
-        this.log.info(
-          { vm: name, reason: a.reason, discard: a.discardOutputs },
-          `stopping ${name}: ${a.reason}`,
+        this.tell(
+          'info',
+          { reason: a.reason, discard: a.discardOutputs },
+          {
+            kind: 'vm-stopped',
+            vm: name,
+            generation: l.generation,
+            message: `stopping ${name} (${l.roleName}) on ${this.opts.name}: ${a.reason}`,
+          },
         );
         l.stop(a.discardOutputs);
         return;
@@ -898,14 +1185,35 @@ export class HostDaemon implements HostBackend {
     const rec = this.hostRecords.get(hostName);
     if (rec === undefined) return { ok: true }; // never registered, or removed: nothing runs under it
     const listen = spec === undefined ? null : parseListen(spec.listen);
+    const t0 = this.nowMs();
     const r = await fenceHost(rec, this.opts.timings.fenceWaitMs, {
       serviceIps: listen === null || typeof listen === 'string' ? [] : [listen.host],
     });
+    const vm = spec?.name ?? null;
     if (!r.ok) {
-      this.log.error({ host: hostName, reason: r.message }, `cannot fence ${hostName}: ${r.message}`);
+      this.tell(
+        'error',
+        { host: hostName, reason: r.message },
+        {
+          kind: 'fence-failed',
+          vm,
+          peer: hostName,
+          message: `cannot fence ${hostName}: ${r.message}`,
+        },
+      );
       return r;
     }
-    this.log.info({ host: hostName, detail: r.detail }, `fenced ${hostName} (${r.detail})`);
+    this.tell(
+      'info',
+      { host: hostName, detail: r.detail },
+      {
+        kind: 'fence',
+        vm,
+        peer: hostName,
+        durationMs: this.nowMs() - t0,
+        message: `fenced ${hostName} (${r.detail})`,
+      },
+    );
     return { ok: true };
   }
 
@@ -943,15 +1251,31 @@ export class HostDaemon implements HostBackend {
           if (e.state === 'running' && l.roleName === 'primary')
             void this.writeStatus(name, l.generation, 'running', null, null);
           if (e.state === 'stopped' || e.state === 'failed') {
-            this.log.info(
-              { vm: name, state: e.state, message: e.message },
-              `${name} (${l.roleName}) ${e.state}: ${e.message ?? ''}`,
+            this.tell(
+              'info',
+              { state: e.state },
+              {
+                kind: e.state === 'failed' ? 'vm-failed' : 'vm-stopped',
+                vm: name,
+                generation: l.generation,
+                message: `${name} (${l.roleName}) ${e.state} on ${this.opts.name}${e.message ? `: ${e.message}` : ''}`,
+              },
             );
             if (l.roleName === 'primary')
               void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
             this.reconcileSoon();
-          } else if (e.state === 'running')
-            this.log.info({ vm: name, generation }, `${name}: backup attached to ${role.primary.name}`);
+          } else if (e.state === 'running' && l.roleName === 'backup')
+            this.tell(
+              'info',
+              {},
+              {
+                kind: 'clone',
+                vm: name,
+                generation,
+                peer: role.primary.name,
+                message: `${name}: backup on ${this.opts.name} restored its clone and attached to ${role.primary.name}`,
+              },
+            );
         },
         role,
         this.ftServices,
@@ -993,13 +1317,28 @@ export class HostDaemon implements HostBackend {
       (e) => {
         void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
         if (e.state === 'stopped' || e.state === 'failed') {
-          this.log.info(
-            { vm: name, state: e.state, message: e.message },
-            `${name} ${e.state}: ${e.message ?? ''}`,
+          this.tell(
+            'info',
+            { state: e.state },
+            {
+              kind: e.state === 'failed' ? 'vm-failed' : 'vm-stopped',
+              vm: name,
+              generation: l.generation,
+              message: `${name} ${e.state} on ${this.opts.name}${e.message ? `: ${e.message}` : ''}`,
+            },
           );
           this.reconcileSoon();
         } else if (e.state === 'running')
-          this.log.info({ vm: name, generation }, `${name} running at ${spec.listen}`);
+          this.tell(
+            'info',
+            {},
+            {
+              kind: 'vm-started',
+              vm: name,
+              generation,
+              message: `${name} running on ${this.opts.name} at ${spec.listen} (generation ${generation})`,
+            },
+          );
       },
       role,
       this.ftServices,
@@ -1026,7 +1365,7 @@ export class HostDaemon implements HostBackend {
       state,
       message,
       exitCode,
-      ...(ft !== null ? { ft } : {}),
+      ...(ft !== null ? { ft: { ...ft, sampledAtMs: this.wallMs() } } : {}),
     };
     // Only the current primary's report counts; readers check host and generation.
     const r = await this.coord.put(vmStatusKey(name), rec, 'any');
@@ -1053,7 +1392,16 @@ export class HostDaemon implements HostBackend {
           (pl === null || pl.primary !== this.opts.name || pl.generation !== l.generation) &&
           this.opts.plantSkipGenerationCompare !== true
         ) {
-          this.log.warn({ vm: name }, `${name} lost its place (generation ${l.generation}); stopping it`);
+          this.tell(
+            'warn',
+            {},
+            {
+              kind: 'vm-stopped',
+              vm: name,
+              generation: l.generation,
+              message: `${name} on ${this.opts.name} lost its place (generation ${l.generation}); stopping it, dropping what it held`,
+            },
+          );
           this.outputsHeld.add(name);
           l.stop(true);
           continue;
@@ -1079,7 +1427,16 @@ export class HostDaemon implements HostBackend {
           void this.writeStatus(name, l.generation, 'running', null, null);
         if (this.outputsHeld.delete(name)) {
           l.holdOutputs(false);
-          this.log.info({ vm: name }, `${name}'s claim is renewed: outputs released`);
+          this.tell(
+            'info',
+            {},
+            {
+              kind: 'outputs-released',
+              vm: name,
+              generation: l.generation,
+              message: `${name}'s claim is renewed: outputs released`,
+            },
+          );
         }
       }
     } finally {
@@ -1098,9 +1455,15 @@ export class HostDaemon implements HostBackend {
       if (at === undefined || now - at < t.claimTtlMs - t.claimHoldMarginMs) continue;
       this.outputsHeld.add(name);
       l.holdOutputs(true);
-      this.log.warn(
-        { vm: name, sinceRenewalMs: Math.round(now - at) },
-        `${name}'s claim could not be renewed for ${Math.round(now - at)} ms: outputs held`,
+      this.tell(
+        'warn',
+        { sinceRenewalMs: Math.round(now - at) },
+        {
+          kind: 'outputs-held',
+          vm: name,
+          generation: l.generation,
+          message: `${name}'s claim could not be renewed for ${Math.round(now - at)} ms: outputs held`,
+        },
       );
     }
   }
@@ -1117,6 +1480,7 @@ export class HostDaemon implements HostBackend {
       for (const [vm, b] of vms ?? [])
         if (b.placement?.value.primary === name && b.spec !== null) primaryOf.push(vm);
       const rtt = peers.get(name)?.rttMsMedian ?? null;
+      const fencedAt = this.timeline.cluster.findLast((e) => e.kind === 'fence' && e.peer === name)?.atMs;
       out.push({
         name,
         state: view.get(name) === 'unknown' ? 'down' : (view.get(name) as HostStatus['state']),
@@ -1126,6 +1490,9 @@ export class HostDaemon implements HostBackend {
         pid: rec.pid,
         vms: primaryOf,
         heartbeatRttMs: rtt,
+        local: rec.bootId === selfIdentity().bootId,
+        // Fenced (by any host, as the merged timeline tells) since it last started.
+        fenced: fencedAt !== undefined && fencedAt >= rec.startedAtMs && view.get(name) !== 'up',
       });
     }
     return { ok: true, value: out };
@@ -1150,7 +1517,12 @@ export class HostDaemon implements HostBackend {
     const ft =
       l !== undefined && l.roleName === 'primary' && l.generation === v.generation ? l.ftStatus() : null;
     if (ft === null || v.state !== 'running') return v;
-    const logs = { logBytes: ft.logBytes, logFileBytes: ft.logFileBytes };
+    const logs = {
+      logBytes: ft.logBytes,
+      logFileBytes: ft.logFileBytes,
+      logEvents: ft.logEvents,
+      sampledAtMs: this.wallMs(),
+    };
     // With FT off, protection stays 'off' (a backup may still be there while a migration runs).
     if (!v.ft) return { ...v, ...logs, backup: v.backup, heldOutputs: ft.heldOutputs };
     const attached = ft.protection === 'syncing' || ft.protection === 'protected';
@@ -1163,6 +1535,7 @@ export class HostDaemon implements HostBackend {
       lagEvents: !attached ? null : ft.lagEvents,
       lagBytes: !attached ? null : ft.lagBytes,
       heldOutputs: ft.heldOutputs,
+      clone: ft.protection === 'reprotecting' ? ft.clone : null,
     };
   }
 
@@ -1239,6 +1612,16 @@ export class HostDaemon implements HostBackend {
         { vm: spec.name, err: pr.error },
         'initial placement failed; reconciliation will place it',
       );
+    this.tell(
+      'info',
+      { wasm: spec.wasmPath, ft: spec.ft },
+      {
+        kind: 'vm-created',
+        vm: spec.name,
+        generation: placement.generation,
+        message: `${spec.name} created from ${path.basename(spec.wasmPath)} at ${spec.listen}, placed on ${target}${spec.ft ? ', fault tolerant' : ''}`,
+      },
+    );
     this.reconcileSoon();
     return this.getVm(spec.name);
   }
@@ -1344,7 +1727,15 @@ export class HostDaemon implements HostBackend {
         return r.error.code === 'conflict'
           ? conflict(`VM ${name} changed meanwhile; try again`)
           : unavailable();
-      this.log.info({ vm: name, ft: req.enabled }, `${name}: fault tolerance ${req.enabled ? 'on' : 'off'}`);
+      this.tell(
+        'info',
+        {},
+        {
+          kind: req.enabled ? 'ft-on' : 'ft-off',
+          vm: name,
+          message: `${name}: fault tolerance switched ${req.enabled ? 'on' : 'off'}`,
+        },
+      );
       this.reconcileSoon();
     }
     return this.getVm(name);
@@ -1375,9 +1766,16 @@ export class HostDaemon implements HostBackend {
       return r.error.code === 'conflict'
         ? conflict(`VM ${name} changed meanwhile; try again`)
         : unavailable();
-    this.log.info(
-      { vm: name, from: pl.value.primary, to: req.to, generation: pl.value.generation },
-      `${name}: migration from ${pl.value.primary} to ${req.to} asked`,
+    this.tell(
+      'info',
+      { from: pl.value.primary, to: req.to },
+      {
+        kind: 'migration-requested',
+        vm: name,
+        generation: pl.value.generation,
+        peer: req.to,
+        message: `${name}: migration from ${pl.value.primary} to ${req.to} asked`,
+      },
     );
     this.reconcileSoon();
     return this.getVm(name);
@@ -1410,9 +1808,16 @@ export class HostDaemon implements HostBackend {
       return r.error.code === 'conflict'
         ? conflict(`VM ${name} changed meanwhile; try again`)
         : unavailable();
-    this.log.info(
-      { vm: name, from: pl.value.primary, to: pl.value.backup },
-      `${name}: test failover to ${pl.value.backup}`,
+    this.tell(
+      'info',
+      { from: pl.value.primary, to: pl.value.backup },
+      {
+        kind: 'failover-requested',
+        vm: name,
+        generation: next.generation,
+        peer: pl.value.backup,
+        message: `${name}: test failover from ${pl.value.primary} to ${pl.value.backup} (generation ${next.generation})`,
+      },
     );
     this.reconcileSoon();
     return this.getVm(name);
@@ -1435,6 +1840,7 @@ export class HostDaemon implements HostBackend {
       const next: VmPlacement = { v: 1, generation: pl.value.generation + 1, primary: null, backup: null };
       await this.coord.put(vmPlacementKey(name), next, { version: pl.version });
     }
+    this.tell('info', {}, { kind: 'vm-removed', vm: name, message: `${name} removed` });
     this.reconcileSoon();
     return { ok: true, value: undefined };
   }
@@ -1466,19 +1872,43 @@ export class HostDaemon implements HostBackend {
     }
     const r = await l.clone(req.backup, req.incarnation, req.generation);
     if (typeof r === 'string') return { ok: false, error: { code: 'conflict', message: r } };
-    this.log.info(
-      { vm: name, backup: req.backup, start: r.start, pauseMs: Math.round(r.pauseMs * 10) / 10 },
-      `${name}: clone for ${req.backup} at call ${r.start.events} (the guest held ${r.pauseMs.toFixed(1)} ms); streaming it`,
+    const cloneT0 = this.nowMs();
+    this.tell(
+      'info',
+      { backup: req.backup, start: r.start, pauseMs: Math.round(r.pauseMs * 10) / 10 },
+      {
+        kind: 'clone',
+        vm: name,
+        generation: req.generation,
+        peer: req.backup,
+        durationMs: r.pauseMs,
+        message: `${name}: clone for ${req.backup} at call ${r.start.events} (the guest held ${r.pauseMs.toFixed(1)} ms); streaming it`,
+      },
     );
     void r.done.then((d) =>
       typeof d === 'number'
-        ? this.log.info(
-            { vm: name, backup: req.backup, bytes: d },
-            `${name}: clone for ${req.backup} sent (${d} bytes)`,
+        ? this.tell(
+            'info',
+            { backup: req.backup, bytes: d },
+            {
+              kind: 'clone',
+              vm: name,
+              generation: req.generation,
+              peer: req.backup,
+              durationMs: this.nowMs() - cloneT0,
+              message: `${name}: clone for ${req.backup} sent (${d} bytes)`,
+            },
           )
-        : this.log.warn(
-            { vm: name, backup: req.backup, reason: d },
-            `${name}: clone for ${req.backup} failed: ${d}`,
+        : this.tell(
+            'warn',
+            { backup: req.backup, reason: d },
+            {
+              kind: 'clone',
+              vm: name,
+              generation: req.generation,
+              peer: req.backup,
+              message: `${name}: clone for ${req.backup} failed: ${d}`,
+            },
           ),
     );
     return { ok: true, value: { start: r.start, body: r.body } };

@@ -34,6 +34,7 @@ import { Vm, type VmOutcome, type VmSnapshot } from '../vm/vm.js';
 import { StopReason } from '../vm/wasi/signals.js';
 import { parseListen } from '../io/net-device.js';
 import { FtBackupSide, FtPrimarySide, type Protection } from './ft-pair.js';
+import type { CloneProgress } from '../api/backend.js';
 import type { FtLinkServer, FtLogger } from '../io/ft-link.js';
 import type { HostRecord } from '../coord/records.js';
 import type { ServiceAddresses } from './vip.js';
@@ -156,6 +157,8 @@ export class LocalVm {
     heldOutputs: number;
     logBytes: number;
     logFileBytes: number;
+    logEvents: number;
+    clone: CloneProgress | null;
     backup: string | null;
     backupIncarnation: string | null;
   } | null {
@@ -170,11 +173,15 @@ export class LocalVm {
       heldOutputs: this.vm?.outputGate?.heldMarks ?? 0,
       logBytes: ps.logBytes,
       logFileBytes: ps.logFileBytes,
+      logEvents: ps.events,
+      clone: this.cloneProgress,
       backup: ps.backupAttached ? (this.offered?.backup ?? null) : null,
       backupIncarnation: ps.backupAttached ? (this.offered?.incarnation ?? null) : null,
     };
   }
   private ftReason: string | null = 'no backup attached yet';
+  /** While a clone's snapshot is being written: how far, for the VM's status. */
+  private cloneProgress: CloneProgress | null = null;
 
   /**
    * FT primary: ms since its backup last acknowledged anything, or, before it
@@ -340,6 +347,7 @@ export class LocalVm {
         try {
           await writeVmSnapshot(vm, snap, sink, Date.now(), {
             diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
+            onProgress: (doneBytes, totalBytes) => (this.cloneProgress = { doneBytes, totalBytes }),
           });
           body.end();
           return bytes;
@@ -349,6 +357,7 @@ export class LocalVm {
         } finally {
           vm.thawSnapshotDisk();
           this.cloning = false;
+          this.cloneProgress = null;
         }
       })();
       return { start, body, pauseMs: snap.pauseMs ?? 0, done };

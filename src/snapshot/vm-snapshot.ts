@@ -19,6 +19,8 @@
  *   limits, arguments, environment, listeners and folders; anything else is
  *   refused with a message naming the difference.
  */
+import { lstat, readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { CALL_DEPTH_MAX, PAGES_PER_MIB, type Vm, type VmSnapshot } from '../vm/vm.js';
 import type { HostState } from '../vm/wasi/host.js';
 import {
@@ -43,12 +45,26 @@ export async function writeVmSnapshot(
   snap: VmSnapshot,
   sink: SnapshotSink,
   createdAtMs: number,
-  opts: { diskDir?: string | null } = {},
+  opts: {
+    diskDir?: string | null;
+    /**
+     * Told how far the writer is, in bytes of memory and disk gone through
+     * (zero blocks count, though the format leaves them out), after each
+     * disk folder and each slice of memory.
+     */
+    onProgress?: (doneBytes: number, totalBytes: number) => void;
+  } = {},
 ): Promise<void> {
   const w = new SnapshotWriter(sink);
   const memory = snap.capture.memory;
   const diskDir = opts.diskDir ?? null;
   const diskPreopens = diskDir === null ? 0 : vm.preopens.length;
+  const progress = opts.onProgress;
+  const diskBytesEach: number[] = [];
+  if (progress !== undefined)
+    for (let i = 0; i < diskPreopens; i++) diskBytesEach.push(await folderBytes(`${diskDir}/${i}`));
+  const totalBytes = diskBytesEach.reduce((a, b) => a + b, 0) + memory.byteLength;
+  let doneBytes = 0;
   w.header({
     moduleSha256: Buffer.from(vm.module.sha256, 'hex'),
     memoryMaxPages: vm.config.memoryMaxMib * PAGES_PER_MIB,
@@ -74,7 +90,11 @@ export async function writeVmSnapshot(
     lastClockNs: snap.host.lastClockNs.map((ns) => BigInt(ns)),
   });
   w.host(Buffer.from(JSON.stringify(snap.host), 'utf8'));
-  for (let i = 0; i < diskPreopens; i++) await w.disk(i, `${diskDir}/${i}`);
+  for (let i = 0; i < diskPreopens; i++) {
+    await w.disk(i, `${diskDir}/${i}`);
+    doneBytes += diskBytesEach[i] ?? 0;
+    progress?.(doneBytes, totalBytes);
+  }
   // In slices, letting the event loop in between: the host must go on answering heartbeats.
   const blockCount = memory.byteLength / SNAPSHOT_BLOCK_BYTES;
   const sliceBlocks = (4 * 1024 * 1024) / SNAPSHOT_BLOCK_BYTES;
@@ -82,10 +102,23 @@ export async function writeVmSnapshot(
     w.blocks(memory, nonZeroBlocksIn(memory, SNAPSHOT_BLOCK_BYTES, b, Math.min(blockCount, b + sliceBlocks)));
     // A sink with back-pressure (a clone's network stream) is let drain before the next slice.
     await w.settled();
+    progress?.(doneBytes + Math.min(blockCount, b + sliceBlocks) * SNAPSHOT_BLOCK_BYTES, totalBytes);
     await yieldToLoop();
   }
   w.trailer(await memorySha256Async(memory));
   await w.settled();
+}
+
+/** The bytes of the regular files under `dir` (for progress only: a racing change merely skews it). */
+async function folderBytes(dir: string): Promise<number> {
+  let total = 0;
+  const entries = await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isFile()) continue;
+    const st = await lstat(path.join(e.parentPath, e.name)).catch(() => null);
+    total += st?.size ?? 0;
+  }
+  return total;
 }
 
 export type ReadVmSnapshotResult =

@@ -1,0 +1,250 @@
+// The event timeline: what the cluster did, step by step, grouped so that a failover reads as a story.
+//
+// Grouping rule: events are taken in atMs order, and an event joins the open group of its VM (events
+// without a VM form the "Cluster" groups) when it comes at most GROUP_GAP_MS after that group's last
+// event; otherwise it opens a new group. Each row then says "+N ms" since its group's first event,
+// and the header gives the group's whole span. Groups are listed newest first; inside a group the
+// steps read in order. Times are by the clock of the host that saw each event, so across hosts the
+// order is as good as their clocks.
+import { useMemo, useState } from 'preact/hooks';
+import type { ClusterEvent } from './api';
+import { clockTime, dayAndTime, durationMs } from './format';
+
+export const GROUP_GAP_MS = 10_000;
+
+export interface EventGroup {
+  key: string;
+  vm: string | null;
+  events: ClusterEvent[];
+  startMs: number;
+  endMs: number;
+}
+
+/** Groups events (sorted by atMs) by VM and closeness in time; see the module comment. */
+export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
+  const groups: EventGroup[] = [];
+  const open = new Map<string, EventGroup>();
+  for (const e of sorted) {
+    const vmKey = e.vm ?? '';
+    const current = open.get(vmKey);
+    if (current && e.atMs - current.endMs <= GROUP_GAP_MS) {
+      current.events.push(e);
+      current.endMs = Math.max(current.endMs, e.atMs);
+      continue;
+    }
+    const group = { key: `${vmKey}@${e.id}`, vm: e.vm, events: [e], startMs: e.atMs, endMs: e.atMs };
+    groups.push(group);
+    open.set(vmKey, group);
+  }
+  return groups.sort((a, b) => b.startMs - a.startMs);
+}
+
+type Tone = 'good' | 'warn' | 'bad' | 'info' | 'neutral';
+
+/** How each kind looks. Kinds not listed (newer hosts may add some) render with the generic look. */
+const KINDS: Record<string, { tone: Tone; icon: string }> = {
+  'host-up': { tone: 'good', icon: '▲' },
+  'host-suspect': { tone: 'warn', icon: '?' },
+  'host-down': { tone: 'bad', icon: '▼' },
+  'host-removed': { tone: 'neutral', icon: '−' },
+  'host-killed': { tone: 'bad', icon: '✕' },
+  'tas-won': { tone: 'good', icon: '✓' },
+  'tas-lost': { tone: 'info', icon: '·' },
+  fence: { tone: 'warn', icon: '▮' },
+  'fence-failed': { tone: 'bad', icon: '!' },
+  'go-live': { tone: 'good', icon: '▶' },
+  'go-live-failed': { tone: 'bad', icon: '!' },
+  'running-alone': { tone: 'warn', icon: '◐' },
+  'vm-created': { tone: 'info', icon: '+' },
+  'vm-started': { tone: 'good', icon: '▶' },
+  'vm-stopped': { tone: 'neutral', icon: '■' },
+  'vm-failed': { tone: 'bad', icon: '✕' },
+  'vm-removed': { tone: 'neutral', icon: '−' },
+  protection: { tone: 'info', icon: '◆' },
+  clone: { tone: 'info', icon: '⇉' },
+  'ft-on': { tone: 'good', icon: '◆' },
+  'ft-off': { tone: 'neutral', icon: '◇' },
+  'failover-requested': { tone: 'warn', icon: '⇄' },
+  'migration-requested': { tone: 'info', icon: '→' },
+  migrated: { tone: 'good', icon: '→' },
+  'outputs-held': { tone: 'warn', icon: '‖' },
+  'outputs-released': { tone: 'good', icon: '»' },
+};
+
+export function KindBadge({ kind }: { kind: string }) {
+  const look = KINDS[kind] ?? { tone: 'neutral' as Tone, icon: '•' };
+  return (
+    <span class={`kind kind-${look.tone}`}>
+      <span class="kind-icon" aria-hidden="true">
+        {look.icon}
+      </span>
+      {kind}
+    </span>
+  );
+}
+
+function EventRow({ e, offsetMs, showVm }: { e: ClusterEvent; offsetMs: number | null; showVm: boolean }) {
+  return (
+    <li class="event-row" data-kind={e.kind}>
+      <div class="event-when">
+        <time dateTime={new Date(e.atMs).toISOString()} title={new Date(e.atMs).toString()}>
+          {clockTime(e.atMs)}
+        </time>
+        {offsetMs !== null && <span class="event-offset">+{Math.round(offsetMs)} ms</span>}
+      </div>
+      <div class="event-what">
+        <div class="event-tags">
+          <KindBadge kind={e.kind} />
+          {showVm && e.vm && (
+            <a class="tag tag-vm" href={`#/vm/${encodeURIComponent(e.vm)}`}>
+              {e.vm}
+            </a>
+          )}
+          <span class="tag" title="the host that saw it">
+            seen by {e.host}
+          </span>
+          {e.generation !== null && e.generation !== undefined && <span class="tag">gen {e.generation}</span>}
+          {e.durationMs !== null && e.durationMs !== undefined && (
+            <span class="tag tag-duration">took {durationMs(e.durationMs)}</span>
+          )}
+        </div>
+        <p class="event-message">{e.message}</p>
+      </div>
+    </li>
+  );
+}
+
+interface TimelineProps {
+  events: ClusterEvent[];
+  /** Set on a VM's page: only that VM's events, and no VM filter. */
+  vm?: string;
+  loaded: boolean;
+  emptyText?: string;
+}
+
+/** Rows shown before "Show older"; the feed can hold thousands of events. */
+const ROWS_PAGE = 200;
+
+export function Timeline({ events, vm, loaded, emptyText }: TimelineProps) {
+  const [vmFilter, setVmFilter] = useState('');
+  const [kindFilter, setKindFilter] = useState('');
+  const [rowsMax, setRowsMax] = useState(ROWS_PAGE);
+
+  const scoped = useMemo(() => (vm === undefined ? events : events.filter((e) => e.vm === vm)), [events, vm]);
+  const vmNames = useMemo(() => [...new Set(scoped.flatMap((e) => (e.vm ? [e.vm] : [])))].sort(), [scoped]);
+  const kinds = useMemo(() => [...new Set(scoped.map((e) => e.kind))].sort(), [scoped]);
+  const groups = useMemo(() => {
+    const filtered = scoped.filter(
+      (e) =>
+        (vmFilter === '' || (vmFilter === '-' ? e.vm === null : e.vm === vmFilter)) &&
+        (kindFilter === '' || e.kind === kindFilter),
+    );
+    return groupEvents(filtered);
+  }, [scoped, vmFilter, kindFilter]);
+
+  let rowsLeft = rowsMax;
+  const shown: EventGroup[] = [];
+  for (const g of groups) {
+    if (rowsLeft <= 0) break;
+    shown.push(g);
+    rowsLeft -= g.events.length;
+  }
+
+  return (
+    <div class="timeline" data-testid="timeline">
+      <div class="filters">
+        {vm === undefined && (
+          <label>
+            VM
+            <select value={vmFilter} onChange={(e) => setVmFilter(e.currentTarget.value)}>
+              <option value="">All VMs</option>
+              <option value="-">Cluster events (no VM)</option>
+              {vmNames.map((n) => (
+                <option key={n} value={n}>
+                  {n}
+                </option>
+              ))}
+            </select>
+          </label>
+        )}
+        <label>
+          Kind
+          <select value={kindFilter} onChange={(e) => setKindFilter(e.currentTarget.value)}>
+            <option value="">All kinds</option>
+            {kinds.map((k) => (
+              <option key={k} value={k}>
+                {k}
+              </option>
+            ))}
+          </select>
+        </label>
+      </div>
+      {!loaded && <p class="muted">Loading…</p>}
+      {loaded && groups.length === 0 && (
+        <p class="empty-note">{emptyText ?? 'No events yet. They appear here as the cluster acts.'}</p>
+      )}
+      {shown.map((g) => (
+        <section class="event-group" key={g.key}>
+          <header class="event-group-head">
+            <span class="event-group-title">
+              {g.vm ? (
+                vm === undefined ? (
+                  <a href={`#/vm/${encodeURIComponent(g.vm)}`}>{g.vm}</a>
+                ) : (
+                  g.vm
+                )
+              ) : (
+                'Cluster'
+              )}
+            </span>
+            <span class="muted">
+              {dayAndTime(g.startMs)} · {g.events.length} {g.events.length === 1 ? 'event' : 'events'}
+              {g.events.length > 1 && <> · over {durationMs(g.endMs - g.startMs)}</>}
+            </span>
+          </header>
+          <ol class="event-list">
+            {g.events.map((e, i) => (
+              <EventRow
+                key={e.id}
+                e={e}
+                offsetMs={i === 0 ? null : e.atMs - g.startMs}
+                showVm={vm === undefined}
+              />
+            ))}
+          </ol>
+        </section>
+      ))}
+      {shown.length < groups.length && (
+        <button type="button" class="button" onClick={() => setRowsMax(rowsMax + ROWS_PAGE)}>
+          Show older events
+        </button>
+      )}
+    </div>
+  );
+}
+
+/** The last few events, one line each, for the cluster view. */
+export function RecentEvents({
+  events,
+  loaded,
+  count,
+}: {
+  events: ClusterEvent[];
+  loaded: boolean;
+  count: number;
+}) {
+  const recent = events.slice(-count).reverse();
+  if (!loaded) return <p class="muted">Loading…</p>;
+  if (recent.length === 0) return <p class="empty-note">No events yet.</p>;
+  return (
+    <ol class="recent-events">
+      {recent.map((e) => (
+        <li key={e.id}>
+          <time class="mono">{clockTime(e.atMs)}</time>
+          <KindBadge kind={e.kind} />
+          <span class="recent-message">{e.message}</span>
+        </li>
+      ))}
+    </ol>
+  );
+}
