@@ -1,11 +1,15 @@
 #!/usr/bin/env node
 // The README's main job: a local 3-host cluster (`lockstep cluster up`, a
 // file: coordinator under .demo/cluster) with the example KV server placed on
-// it, and how to talk to it. `npm start` runs scripts/setup.mjs first, which
-// installs what is missing. Ctrl-C stops the cluster.
+// it, and how to talk to it; it prints the web console's address (with the
+// API token in the URL's fragment). `npm start` runs scripts/setup.mjs
+// first, which installs what is missing and builds the console. Ctrl-C stops
+// the cluster.
 //
 // Settings: LOCKSTEP_DEMO_PORT (default 6380) and LOCKSTEP_DEMO_IP (default
-// 127.0.0.2) give the VM's service address.
+// 127.0.0.2) give the VM's service address; LOCKSTEP_DEMO_API_PORT (default
+// 7401) the first host's API and console port (h2 and h3 take the next two).
+// Hosts killed from the console come back after 2 s (`cluster up --restart`).
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -20,9 +24,14 @@ const data = path.join(root, '.demo', 'cluster');
 const image = path.join(root, '.demo', 'kv-image');
 mkdirSync(image, { recursive: true });
 
-const cluster = spawn(process.execPath, [bin, 'cluster', 'up', '--hosts', '3', '--data', data], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
+const apiPort = process.env.LOCKSTEP_DEMO_API_PORT ?? '7401';
+const cluster = spawn(
+  process.execPath,
+  [bin, 'cluster', 'up', '--hosts', '3', '--data', data, '--api-port', apiPort, '--restart'],
+  {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  },
+);
 // Ctrl-C reaches the whole process group; the cluster stops itself and we exit with it.
 process.on('SIGINT', () => {});
 process.on('SIGTERM', () => cluster.kill('SIGTERM'));
@@ -57,9 +66,17 @@ createInterface({ input: cluster.stdout }).once('line', (line) => {
     return;
   }
   const vm = JSON.parse(r.stdout.trim().split('\n').pop());
+  // The console: any host serves it; the token rides in the URL's fragment, which the browser
+  // never sends to a server, and the page moves it into its own storage at once.
+  const token = lockstep('cluster', 'token').stdout.trim();
+  const hosts = JSON.parse(line).hosts;
+  const consoleUrl = `http://${hosts[0].api}/#token=${token}`;
+  process.stdout.write(`${JSON.stringify({ console: consoleUrl, coordinator, vm: vm.name })}\n`);
   process.stderr.write(
     [
       '',
+      `Console:  ${consoleUrl}`,
+      `          (every host serves it: ${hosts.map((h) => `http://${h.api}/`).join(', ')})`,
       `The example KV server runs as VM "kv" on host ${vm.primary}, at ${vm.address},` +
         (vm.ft ? ` fault tolerant: its backup is on ${vm.backup} (${vm.protection}).` : ' without FT.'),
       `  talk to it:        redis-cli -h ${ip} -p ${port}`,

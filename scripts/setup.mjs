@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Installs what Lockstep needs on a fresh machine that has only Node.js:
 // Debian packages through apt-get where a needed command is missing, then the
-// npm packages (npm ci, which also compiles the TypeScript through `prepare`).
+// npm packages (npm ci, which also compiles the TypeScript and builds the web
+// console through `prepare`).
 // It is idempotent and quick when everything is already there.
 //
 // Usage: node scripts/setup.mjs [--profile run|test]
@@ -34,6 +35,8 @@ const testNeeds = [
   ['nsenter', 'util-linux'],
   ['arping', 'iputils-arping'],
   ['/usr/sbin/iptables', 'iptables'],
+  // The console's browser test drives Debian's Chromium through playwright-core (no browser download).
+  ['/usr/bin/chromium', 'chromium'],
 ];
 const needs = profile === 'run' ? runNeeds : testNeeds;
 
@@ -77,9 +80,15 @@ if (!installed) {
   });
   writeFileSync(stamp, lockHash);
 } else {
-  // Sources may have changed since the last build; tsc is incremental, so this is quick.
+  // Sources may have changed since the last build; tsc is incremental, so this is quick, and so
+  // is the console's build (a few seconds).
   execFileSync(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], {
     cwd: root,
     stdio: 'inherit',
   });
+  execFileSync(
+    path.join(root, 'node_modules', '.bin', 'vite'),
+    ['build', '--config', 'console/vite.config.ts', '--logLevel', 'warn'],
+    { cwd: root, stdio: 'inherit' },
+  );
 }

@@ -653,6 +653,11 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
   );
 
   let streams = 0;
+  // Event streams never end by themselves: closing the server ends them, or it would wait for them.
+  const liveStreams = new Set<ServerResponse>();
+  app.addHook('preClose', async () => {
+    for (const res of liveStreams) res.end();
+  });
   app.get<{ Querystring: { after?: string; limit?: string; scope?: EventScope } }>(
     '/v1/events/stream',
     {
@@ -718,9 +723,11 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
       for (const e of pending) write(e);
       live = true;
       const ping = setInterval(() => res.write(': ping\n\n'), SSE_PING_MS);
+      liveStreams.add(res);
       const end = (): void => {
         clearInterval(ping);
         unsubscribe();
+        liveStreams.delete(res);
         streams--;
       };
       res.once('close', end);

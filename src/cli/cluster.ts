@@ -39,6 +39,7 @@ interface UpOptions {
   data: string;
   profile: 'default' | 'fast';
   restart?: boolean;
+  apiPort?: string;
 }
 
 export function addClusterCommands(program: Command): void {
@@ -54,6 +55,10 @@ export function addClusterCommands(program: Command): void {
         .default('default'),
     )
     .option('--restart', 'restart a host that dies (after 2 s)')
+    .option(
+      '--api-port <port>',
+      "host hN's API (and console) on 127.0.0.1:PORT+N-1, stable across restarts (default: free ports)",
+    )
     .action((o: UpOptions) => runCli(() => clusterUp(o)));
   addAccessOptions(
     cluster
@@ -74,6 +79,9 @@ async function clusterUp(o: UpOptions): Promise<void> {
   const n = Number(o.hosts);
   if (!Number.isInteger(n) || n < 1 || n > HOSTS_MAX)
     throw new CliError(`--hosts: a number from 1 to ${HOSTS_MAX}`, 2);
+  const apiPort = o.apiPort === undefined ? null : Number(o.apiPort);
+  if (apiPort !== null && !(Number.isInteger(apiPort) && apiPort >= 1 && apiPort + n - 1 <= 65535))
+    throw new CliError(`--api-port: a port from 1 to ${65536 - n} (${n} hosts take consecutive ports)`, 2);
   const data = path.resolve(o.data);
   const coordDir = path.join(data, 'coord');
   mkdirSync(coordDir, { recursive: true });
@@ -100,6 +108,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
         coordinator,
         '--profile',
         o.profile,
+        ...(apiPort !== null ? ['--api', `127.0.0.1:${apiPort + hosts.indexOf(h)}`] : []),
       ],
       { stdio: ['ignore', 'pipe', logFd] },
     );
