@@ -65,7 +65,9 @@ createInterface({ input: cluster.stdout }).once('line', (line) => {
     );
     return;
   }
-  const vm = JSON.parse(r.stdout.trim().split('\n').pop());
+  // `vm ft kv on` waits until the backup has caught up (a restarted demo's `vm start` does not).
+  const protectedVm = lockstep('vm', 'ft', 'kv', 'on', '--json');
+  const vm = JSON.parse((protectedVm.status === 0 ? protectedVm : r).stdout.trim().split('\n').pop());
   // The console: any host serves it; the token rides in the URL's fragment, which the browser
   // never sends to a server, and the page moves it into its own storage at once.
   const token = lockstep('cluster', 'token').stdout.trim();
@@ -86,6 +88,7 @@ createInterface({ input: cluster.stdout }).once('line', (line) => {
         ? '                     (the backup goes live at the same address with the same memory and disk)'
         : '                     (the VM restarts on another host from its disk image)',
       `  test failover:     LOCKSTEP_COORDINATOR=${coordinator} npx lockstep vm failover kv`,
+      '  or in the console: tick Fault Tolerance, "Simulate host failure", watch the timeline.',
       'Ctrl-C stops the cluster.',
       '',
     ].join('\n'),
