@@ -11,6 +11,7 @@
  * then SIGKILL after HOST_STOP_GRACE_MS).
  */
 import { Option, type Command } from 'commander';
+import type { ClusterEvent } from '../api/backend.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import path from 'node:path';
@@ -18,6 +19,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
   addAccessOptions,
+  connect,
   CliError,
   openCoordinatorForCli,
   readClusterRecord,
@@ -66,6 +68,75 @@ export function addClusterCommands(program: Command): void {
       .description("print the cluster's API token (for scripts)")
       .option('--json', 'print {"token": …}'),
   ).action((o: AccessOptions & { json?: boolean }) => runCli(() => clusterToken(o)));
+  addAccessOptions(
+    cluster
+      .command('events')
+      .description("the cluster's event timeline (failures, test-and-set, fencing, go-live, protection…)")
+      .option('--vm <name>', "only this VM's events")
+      .option('--follow', 'keep printing new events until interrupted')
+      .option('--json', 'print one JSON event per line'),
+  ).action((o: EventsOptions) => runCli(() => clusterEvents(o)));
+}
+
+interface EventsOptions extends AccessOptions {
+  vm?: string;
+  follow?: boolean;
+  json?: boolean;
+}
+
+/** How often `cluster events --follow` asks for new events. */
+const EVENTS_FOLLOW_MS = 500;
+/** Ids remembered to print each event once across a switch of hosts; older ones cannot come again. */
+const EVENTS_SEEN_MAX = 20_000;
+
+/**
+ * Prints the timeline; with --follow, polls one host for what comes after
+ * its cursor, and moves to another host if that one stops answering
+ * (cursors are per host, so the move starts from the new host's backlog
+ * and skips events already printed, by id).
+ */
+async function clusterEvents(o: EventsOptions): Promise<void> {
+  const a = await connect(o);
+  const seen = new Set<string>();
+  const print = (e: ClusterEvent): void => {
+    if (seen.has(e.id) || (o.vm !== undefined && e.vm !== o.vm)) return;
+    seen.add(e.id);
+    if (seen.size > EVENTS_SEEN_MAX) seen.delete(seen.values().next().value!);
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(e)}\n`);
+      return;
+    }
+    const t = new Date(e.atMs).toISOString().slice(11, 23);
+    const took = e.durationMs === null ? '' : ` [${e.durationMs} ms]`;
+    process.stdout.write(`${t}  ${e.host.padEnd(8)} ${e.kind.padEnd(18)} ${e.message}${took}\n`);
+  };
+  try {
+    let client = a.client;
+    let cursor = 0;
+    let stopped = false;
+    process.once('SIGINT', () => (stopped = true));
+    for (;;) {
+      const r = await client.events({ after: cursor });
+      if (!r.ok) {
+        if (!o.follow) throw new CliError(r.error.message);
+        // The host went away: the next call goes to any host, from that host's start.
+        client = a.client;
+        cursor = 0;
+      } else {
+        // Events arrive in the answering host's order; printed by time within each page.
+        for (const e of [...r.value.events].sort((x, y) => x.atMs - y.atMs)) print(e);
+        cursor = r.value.events.at(-1)?.cursor ?? cursor;
+        const host = a.hosts.find((h) => h.name === r.value.host);
+        if (host !== undefined) client = a.client.withEndpoint(host.api);
+        if (r.value.events.length > 0) continue; // more may be waiting beyond one page
+      }
+      if (!o.follow || stopped) return;
+      await new Promise((res) => setTimeout(res, EVENTS_FOLLOW_MS));
+      if (stopped) return;
+    }
+  } finally {
+    await a.coord.close();
+  }
 }
 
 interface Managed {

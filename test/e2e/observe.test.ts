@@ -216,6 +216,21 @@ test(
       assert.ok(protectedEvent !== undefined, 'the protected event');
       assert.ok(protectedEvent.atMs > 1.6e12 && protectedEvent.atMs < 4e12, 'timestamps are epoch ms');
 
+      // ---- The CLI reads the same timeline.
+      const cli = await c.cli(['cluster', 'events', '--vm', 'kv', '--json']);
+      assert.equal(cli.code, 0, cli.stderr);
+      const cliEvents = cli.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as ClusterEvent);
+      assert.ok(cliEvents.every((e) => e.vm === 'kv'));
+      assert.ok(
+        cliEvents.some((e) => e.id === protectedEvent.id),
+        'the CLI prints the protected event',
+      );
+      const plain = await c.cli(['cluster', 'events']);
+      assert.match(plain.stdout, /h1 +protection +kv is protected/);
+
       // ---- The stream: a live event arrives (FT off, told by the host that took the request).
       const token = (await c.cli(['cluster', 'token'])).stdout.trim();
       const ac = new AbortController();
