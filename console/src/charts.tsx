@@ -52,13 +52,24 @@ export function Chart({ testId, title, series, data, emptyText }: ChartProps) {
       width: Math.max(200, el.clientWidth),
       height: PLOT_HEIGHT_PX,
       cursor: { drag: { x: false, y: false } },
-      scales: Object.fromEntries(
-        scales.map((scale) => {
-          const floor = series.find((s) => s.scale === scale)?.floor ?? 1;
-          const range: uPlot.Range.Function = (_u, _min, max) => [0, Math.max(max * 1.1, floor)];
-          return [scale, { range }];
-        }),
-      ),
+      scales: {
+        // With one sample (or none) uPlot would stretch the time axis over years; show a minute instead.
+        x: {
+          time: true,
+          range: (_u, min, max): uPlot.Range.MinMax => {
+            if (Number.isFinite(min) && Number.isFinite(max) && max - min >= 1) return [min, max];
+            const end = Number.isFinite(max) ? max : Date.now() / 1000;
+            return [end - 60, end];
+          },
+        },
+        ...Object.fromEntries(
+          scales.map((scale) => {
+            const floor = series.find((s) => s.scale === scale)?.floor ?? 1;
+            const range: uPlot.Range.Function = (_u, _min, max) => [0, Math.max(max * 1.1, floor)];
+            return [scale, { range }];
+          }),
+        ),
+      },
       axes: [
         { ...axisStyle },
         ...scales.map((scale, i) => ({

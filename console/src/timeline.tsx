@@ -1,11 +1,13 @@
 // The event timeline: what the cluster did, step by step, grouped so that a failover reads as a story.
 //
-// Grouping rule: events are taken in atMs order, and an event joins the open group of its VM (events
-// without a VM form the "Cluster" groups) when it comes at most GROUP_GAP_MS after that group's last
-// event; otherwise it opens a new group. Each row then says "+N ms" since its group's first event,
-// and the header gives the group's whole span. Groups are listed newest first; inside a group the
-// steps read in order. Times are by the clock of the host that saw each event, so across hosts the
-// order is as good as their clocks.
+// Grouping rule: events are taken in atMs order and cut into episodes. An episode begins with an
+// event that starts a story — a host killed or suspected, a test failover, a migration, FT switched
+// on or off, a VM created or removed — or after a quiet gap of more than GROUP_GAP_MS; everything
+// after it belongs to it. A host failure noticed by several hosts (each reports its suspicion) stays
+// one episode. Each row then says "+N ms" since its episode's first event, and the header names the
+// episode and gives its whole span, so "h1 killed → won generation 2 → live (7 ms) → re-protecting →
+// protected" reads top to bottom with its durations. Episodes are listed newest first. Times are by
+// the clock of the host that saw each event, so across hosts the order is as good as their clocks.
 import { useMemo, useState } from 'preact/hooks';
 import type { ClusterEvent } from './api';
 import { clockTime, dayAndTime, durationMs } from './format';
@@ -14,29 +16,80 @@ export const GROUP_GAP_MS = 10_000;
 
 export interface EventGroup {
   key: string;
-  vm: string | null;
+  /** What the episode is about, e.g. "failure of h1" or "fault tolerance on for kv". */
+  title: string;
+  /** The VMs its events concern. */
+  vms: string[];
   events: ClusterEvent[];
   startMs: number;
   endMs: number;
 }
 
-/** Groups events (sorted by atMs) by VM and closeness in time; see the module comment. */
-export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
-  const groups: EventGroup[] = [];
-  const open = new Map<string, EventGroup>();
-  for (const e of sorted) {
-    const vmKey = e.vm ?? '';
-    const current = open.get(vmKey);
-    if (current && e.atMs - current.endMs <= GROUP_GAP_MS) {
-      current.events.push(e);
-      current.endMs = Math.max(current.endMs, e.atMs);
-      continue;
-    }
-    const group = { key: `${vmKey}@${e.id}`, vm: e.vm, events: [e], startMs: e.atMs, endMs: e.atMs };
-    groups.push(group);
-    open.set(vmKey, group);
+/** Host-level events that belong on a VM's own timeline: the failure that moved it. */
+export const HOST_FAILURE_KINDS = new Set([
+  'host-killed',
+  'host-suspect',
+  'host-down',
+  'fence',
+  'fence-failed',
+]);
+
+/** The title of an episode that an event of this kind starts, or null when the kind starts none. */
+function storyTitle(e: ClusterEvent): string | null {
+  switch (e.kind) {
+    case 'host-killed':
+      return `simulated failure of ${e.peer ?? 'a host'}`;
+    case 'host-suspect':
+      return `failure of ${e.peer ?? 'a host'}`;
+    case 'failover-requested':
+      return `test failover of ${e.vm ?? 'a VM'}`;
+    case 'migration-requested':
+      return `migration of ${e.vm ?? 'a VM'}${e.peer ? ` to ${e.peer}` : ''}`;
+    case 'ft-on':
+      return `fault tolerance on for ${e.vm ?? 'a VM'}`;
+    case 'ft-off':
+      return `fault tolerance off for ${e.vm ?? 'a VM'}`;
+    case 'vm-created':
+      return `${e.vm ?? 'a VM'} created`;
+    case 'vm-removed':
+      return `${e.vm ?? 'a VM'} removed`;
+    default:
+      return null;
   }
-  return groups.sort((a, b) => b.startMs - a.startMs);
+}
+
+/** Groups events (sorted by atMs) into episodes; see the module comment. */
+export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
+  type Open = EventGroup & { failedHost: string | null };
+  const groups: Open[] = [];
+  let open: Open | null = null;
+  for (const e of sorted) {
+    const title = storyTitle(e);
+    // A suspicion of the host this episode is already about (killed, or suspected by another peer) is
+    // part of it, not a new story.
+    const sameFailure =
+      open !== null &&
+      (e.kind === 'host-suspect' || e.kind === 'host-down') &&
+      e.peer !== null &&
+      open.failedHost === e.peer;
+    const quiet = open === null || e.atMs - open.endMs > GROUP_GAP_MS;
+    if (open === null || quiet || (title !== null && !sameFailure)) {
+      open = {
+        key: e.id,
+        title: title ?? (e.vm !== null ? e.vm : 'cluster'),
+        vms: [],
+        events: [],
+        startMs: e.atMs,
+        endMs: e.atMs,
+        failedHost: e.kind === 'host-killed' || e.kind === 'host-suspect' ? e.peer : null,
+      };
+      groups.push(open);
+    }
+    open.events.push(e);
+    open.endMs = Math.max(open.endMs, e.atMs);
+    if (e.vm !== null && !open.vms.includes(e.vm)) open.vms.push(e.vm);
+  }
+  return groups.map(({ failedHost: _failedHost, ...g }) => g).sort((a, b) => b.startMs - a.startMs);
 }
 
 type Tone = 'good' | 'warn' | 'bad' | 'info' | 'neutral';
@@ -130,7 +183,14 @@ export function Timeline({ events, vm, loaded, emptyText }: TimelineProps) {
   const [kindFilter, setKindFilter] = useState('');
   const [rowsMax, setRowsMax] = useState(ROWS_PAGE);
 
-  const scoped = useMemo(() => (vm === undefined ? events : events.filter((e) => e.vm === vm)), [events, vm]);
+  // A VM's own timeline also shows the host failures around it: they are what moved it.
+  const scoped = useMemo(
+    () =>
+      vm === undefined
+        ? events
+        : events.filter((e) => e.vm === vm || (e.vm === null && HOST_FAILURE_KINDS.has(e.kind))),
+    [events, vm],
+  );
   const vmNames = useMemo(() => [...new Set(scoped.flatMap((e) => (e.vm ? [e.vm] : [])))].sort(), [scoped]);
   const kinds = useMemo(() => [...new Set(scoped.map((e) => e.kind))].sort(), [scoped]);
   const groups = useMemo(() => {
@@ -187,15 +247,13 @@ export function Timeline({ events, vm, loaded, emptyText }: TimelineProps) {
         <section class="event-group" key={g.key}>
           <header class="event-group-head">
             <span class="event-group-title">
-              {g.vm ? (
-                vm === undefined ? (
-                  <a href={`#/vm/${encodeURIComponent(g.vm)}`}>{g.vm}</a>
-                ) : (
-                  g.vm
-                )
-              ) : (
-                'Cluster'
-              )}
+              {g.title}
+              {vm === undefined &&
+                g.vms.map((n) => (
+                  <a key={n} class="tag" href={`#/vm/${encodeURIComponent(n)}`}>
+                    {n}
+                  </a>
+                ))}
             </span>
             <span class="muted">
               {dayAndTime(g.startMs)} · {g.events.length} {g.events.length === 1 ? 'event' : 'events'}

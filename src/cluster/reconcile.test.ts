@@ -203,6 +203,23 @@ test('FT: a primary without a backup places one, keeping the generation', () => 
   ]);
 });
 
+test('FT: a member just dropped is not named backup again while it is avoided', () => {
+  const placement = ftPlaced('h1', null, 4);
+  const local = { generation: 4, state: 'running' as const, role: 'primary' as const };
+  // h2 was the primary this host took over from: its detector may still think it is up.
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, local, avoidAsBackup: new Set(['h2']) })), [
+    {
+      type: 'place',
+      expectVersion: 'v1',
+      placement: { v: 1, generation: 4, primary: 'h1', backup: 'h3' },
+      fence: null,
+    },
+  ]);
+  assert.deepEqual(decide(input({ spec: ftSpec, placement, local, avoidAsBackup: new Set(['h2', 'h3']) })), [
+    { type: 'wait', reason: 'no other host is up to hold a backup' },
+  ]);
+});
+
 test('FT: a backup whose primary is gone wins N+1 and fences it, without waiting for its claim', () => {
   const placement = ftPlaced('h1', 'h2', 5);
   const hosts = new Map<string, PeerView>([

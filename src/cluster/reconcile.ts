@@ -83,6 +83,13 @@ export interface ReconcileInput {
   claimTtlMs?: number;
   /** FT primary here: its backup's session closed, or the backup never attached in time. */
   ftBackupLost?: boolean;
+  /**
+   * Hosts not to name as a new backup: the member this host just took over
+   * from or dropped. Its failure detector may not have judged it down yet
+   * (a crash breaks the FT channel at once, heartbeats take seconds), and
+   * a backup named on a dead host only delays protection by a generation.
+   */
+  avoidAsBackup?: ReadonlySet<string>;
   /** FT backup here: its session with the primary closed. */
   ftPrimaryLost?: boolean;
   /**
@@ -349,7 +356,12 @@ function decideFt(input: ReconcileInput, spec: VmSpec): ReconcileAction[] {
         ];
     }
     if (p.backup === null) {
-      const b = chooseHost(input.hosts, input.loads, self);
+      const avoid = input.avoidAsBackup;
+      const candidates =
+        avoid === undefined || avoid.size === 0
+          ? input.hosts
+          : new Map([...input.hosts].filter(([name]) => !avoid.has(name)));
+      const b = chooseHost(candidates, input.loads, self);
       if (b === null) return [{ type: 'wait', reason: 'no other host is up to hold a backup' }];
       return [{ type: 'place', expectVersion, placement: { ...p, backup: b }, fence: null }];
     }

@@ -24,6 +24,19 @@ export interface VmRecords {
   claim: VmClaim | null;
 }
 
+/** Why a primary runs without a backup, when FT was switched off (the daemon says so). */
+export const FT_OFF_REASON = 'fault tolerance is off';
+
+/**
+ * The reason to show for an FT VM without an attached backup. Just after FT
+ * is switched on, the primary still reports why it ran alone (FT was off)
+ * until it names a backup; that reason is no longer true.
+ */
+export function ftReason(reported: string | null): string {
+  if (reported === null) return 'no backup host is attached';
+  return reported === FT_OFF_REASON ? 'naming a backup host' : reported;
+}
+
 export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null): VmStatus {
   const { spec, placement, status } = r;
   const primary = placement?.primary ?? null;
@@ -65,7 +78,7 @@ export function vmView(r: VmRecords, hosts: ReadonlyMap<string, PeerView> | null
     reason:
       reason ??
       (spec.ft && live?.protection !== 'protected' && live?.protection !== 'syncing'
-        ? (live?.reason ?? 'no backup host is attached')
+        ? ftReason(live?.reason ?? null)
         : null),
     primary,
     backup: placement?.backup ?? null,

@@ -92,7 +92,7 @@ import {
   type PeerView,
   type ReconcileAction,
 } from '../cluster/reconcile.js';
-import { vmView } from '../cluster/vm-view.js';
+import { FT_OFF_REASON, ftReason, vmView } from '../cluster/vm-view.js';
 import { LocalVm, vmDataDir, type FtServices, type LocalRole } from './local-vm.js';
 import { FtLinkServer } from '../io/ft-link.js';
 import { liveness, netnsName, selfIdentity } from './proc.js';
@@ -146,6 +146,13 @@ export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'
 /** Rejected frames are logged at most this often per reason (they are always counted). */
 /** How long a clone request waits for this host to offer the VM to the asking backup. */
 const CLONE_OFFER_WAIT_MS = 3000;
+/**
+ * How long a member dropped from a placement is not named backup again: more
+ * than the default failure detection (2.5 s), so a crashed host is judged
+ * down first; short enough that a host that was only cut off briefly is a
+ * candidate again soon.
+ */
+const AVOID_DROPPED_BACKUP_MS = 10_000;
 /** How often each peer's new events are pulled into this host's merged timeline. */
 const EVENTS_PULL_MS = 500;
 /** How often the log is sampled for the bandwidth metric. */
@@ -214,6 +221,26 @@ export class HostDaemon implements HostBackend {
   private readonly metricsHub: HostMetrics;
   /** The protection each local primary was last seen in, so changes become events. */
   private readonly protectionSeen = new Map<string, string>();
+  /** Members this host dropped from a placement (took over from, or lost as backup), and when. */
+  private readonly droppedMembersAtMs = new Map<string, number>();
+
+  /**
+   * The hosts not to name as a new backup now: those dropped within
+   * AVOID_DROPPED_BACKUP_MS, unless they have registered again since (a
+   * restarted host is a fresh candidate). After the window, the failure
+   * detector's judgement stands alone.
+   */
+  private backupsToAvoid(now: number): ReadonlySet<string> {
+    const out = new Set<string>();
+    for (const [h, at] of this.droppedMembersAtMs) {
+      const rec = this.hostRecords.get(h);
+      const restarted = rec !== undefined && rec.startedAtMs > this.wallMs() - (now - at);
+      if (now - at > AVOID_DROPPED_BACKUP_MS || restarted) this.droppedMembersAtMs.delete(h);
+      else out.add(h);
+    }
+    return out;
+  }
+
   /** Whether each VM's spec asks for FT, as of the last read (for metrics). */
   private ftWanted = new Map<string, boolean>();
 
@@ -804,6 +831,7 @@ export class HostDaemon implements HostBackend {
         placement: b.placement === null ? null : { value: b.placement.value, version: b.placement.version },
         claim,
         hosts,
+        avoidAsBackup: this.backupsToAvoid(now),
         loads,
         local:
           local === null ? null : { generation: local.generation, state: local.state, role: local.roleName },
@@ -849,7 +877,7 @@ export class HostDaemon implements HostBackend {
         l.runWithoutBackup('no other host is up to hold a backup');
       } else if (currentPrimary && pl.backup == null && b.spec?.value.ft === false) {
         // FT is off and the placement names no backup: nothing may wait for one.
-        l.runWithoutBackup('fault tolerance is off');
+        l.runWithoutBackup(FT_OFF_REASON);
       }
     }
   }
@@ -1035,18 +1063,32 @@ export class HostDaemon implements HostBackend {
             );
           return;
         }
+        // A member dropped by a new generation is not named backup again until the detector has judged it.
+        const before = b.placement?.value;
+        const g = a.placement.generation;
+        if (before !== undefined && g > before.generation)
+          for (const h of [before.primary, before.backup])
+            if (h != null && h !== a.placement.primary && h !== a.placement.backup)
+              this.droppedMembersAtMs.set(h, this.nowMs());
+        // The same generation with a backup added or replaced is a test-and-set too, of another kind.
+        const namedBackup = before !== undefined && g === before.generation && a.placement.backup != null;
+        const tookOverFrom =
+          before?.primary != null && before.primary !== a.placement.primary ? before.primary : null;
         this.tell(
           'info',
           { fence: a.fence },
           {
             kind: 'tas-won',
             vm: name,
-            generation: a.placement.generation,
-            peer: a.fence,
-            message:
-              a.fence === null
-                ? `won ${name} generation ${a.placement.generation} (primary ${a.placement.primary ?? 'none'}${a.placement.backup != null ? `, backup ${a.placement.backup}` : ''})`
-                : `won ${name} generation ${a.placement.generation}: taking it over from ${a.fence}`,
+            generation: g,
+            peer: a.fence ?? (namedBackup ? a.placement.backup : tookOverFrom),
+            message: namedBackup
+              ? `named ${a.placement.backup} as ${name}'s backup at generation ${g}`
+              : a.fence !== null
+                ? `won ${name} generation ${g}: taking it over from ${a.fence}`
+                : tookOverFrom !== null && a.placement.primary === this.opts.name
+                  ? `won ${name} generation ${g}: taking over from ${tookOverFrom}`
+                  : `won ${name} generation ${g} (primary ${a.placement.primary ?? 'none'}${a.placement.backup != null ? `, backup ${a.placement.backup}` : ''})`,
           },
         );
         if (a.fence !== null) this.pendingFence.set(name, a.fence);
@@ -1530,7 +1572,7 @@ export class HostDaemon implements HostBackend {
       ...v,
       ...logs,
       protection: ft.protection,
-      reason: attached ? null : ft.reason,
+      reason: attached ? null : ftReason(ft.reason),
       lagMs: !attached || ft.lagMs === null ? null : Math.round(ft.lagMs),
       lagEvents: !attached ? null : ft.lagEvents,
       lagBytes: !attached ? null : ft.lagBytes,

@@ -288,6 +288,9 @@ test(
       const offsets = await group.locator('.event-offset').allTextContents();
       assert.ok(offsets.length > 0, 'the failover group shows its steps with +N ms offsets');
       for (const o of offsets) assert.match(o, /^\+\d+ ms$/);
+      // The episode starts with the kill from the page and reads as one story.
+      assert.match(await text(group.locator('.event-group-title')), /simulated failure of h1/);
+      assert.equal(await group.locator('.event-row[data-kind="host-killed"]').count(), 1);
       await shot(p, 'vm-reprotected');
       // The sticky header and the toasts would cover part of the group in its own screenshot.
       await shot(group, 'failover-timeline', {
