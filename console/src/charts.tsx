@@ -95,7 +95,7 @@ export function Chart({ testId, title, series, data, emptyText }: ChartProps) {
         })),
       ],
     };
-    const u = new uPlot(opts, data as uPlot.AlignedData, el);
+    const u = new uPlot(opts, padded(data), el);
     plot.current = u;
     const observer = new ResizeObserver(() => {
       const width = Math.max(200, el.clientWidth);
@@ -111,10 +111,11 @@ export function Chart({ testId, title, series, data, emptyText }: ChartProps) {
   }, [key]);
 
   useEffect(() => {
-    plot.current?.setData(data as uPlot.AlignedData);
+    plot.current?.setData(padded(data));
   }, [data]);
 
   const empty = data.slice(1).every((ys) => ys.every((y) => y === null));
+  // (padded() below keeps uPlot's time axis to a minute while there are fewer than two samples.)
   return (
     <section class="card chart-card" data-testid={testId}>
       <h3 class="chart-title">{title}</h3>
@@ -128,4 +129,16 @@ export function Chart({ testId, title, series, data, emptyText }: ChartProps) {
       </div>
     </section>
   );
+}
+
+/**
+ * With fewer than two samples uPlot has no time span and spreads its axis
+ * over years; a minute of empty time before the one sample (or now) reads
+ * right instead.
+ */
+function padded(data: [number[], ...(number | null)[][]]): uPlot.AlignedData {
+  const xs = data[0];
+  if (xs.length >= 2) return data as uPlot.AlignedData;
+  const end = xs[0] ?? Date.now() / 1000;
+  return [[end - 60, end], ...data.slice(1).map((ys) => [null, ys[0] ?? null])] as uPlot.AlignedData;
 }

@@ -391,8 +391,20 @@ test('authenticated routes refuse a missing, wrong or malformed token with 401 a
     { authorization: `Bearer ${TOKEN} extra` },
     { authorization: TOKEN },
   ];
+  // Every authenticated operation of the OpenAPI document (so a new route is covered by itself),
+  // with a sample name in its path.
+  const doc = (await call('GET', '/openapi.json', { token: null })).json as {
+    paths: Record<string, Record<string, { security?: unknown[] }>>;
+  };
+  const documented: [string, string][] = [];
+  for (const [p, ops] of Object.entries(doc.paths))
+    for (const [method, op] of Object.entries(ops))
+      if (!(Array.isArray(op.security) && op.security.length === 0))
+        documented.push([method.toUpperCase(), p.replace('{name}', 'web')]);
+  assert.ok(documented.length >= 19, `${documented.length} authenticated operations documented`);
   for (const opts of cases) {
     for (const [method, path] of [
+      ...documented,
       ['GET', '/v1/info'],
       ['GET', '/v1/hosts'],
       ['GET', '/v1/vms'],
@@ -405,7 +417,7 @@ test('authenticated routes refuse a missing, wrong or malformed token with 401 a
       ['DELETE', '/v1/vms/web'],
       ['GET', '/v1/vms/web/logs'],
       ['GET', '/v1/no-such-route'],
-    ] as const) {
+    ] as [string, string][]) {
       const answer = await call(method, path, opts);
       assertError(answer, 401, 'unauthorized');
       assert.match(String(answer.headers['www-authenticate']), /^Bearer\b/, `${method} ${path}`);
@@ -876,4 +888,53 @@ test('POST /v1/hosts/:name/kill answers 202; unknown hosts, bad names and no tok
   assertError(await call('POST', '/v1/hosts/Bad!Name/kill'), 400, 'invalid', /path\.name must be a name/);
   backend.failNext = { code: 'conflict', message: 'host h2 runs on another machine' };
   assertError(await call('POST', '/v1/hosts/h2/kill'), 409, 'conflict', /another machine/);
+});
+
+test('FT, migration, failover, snapshot and clone: good bodies reach the backend, bad ones are 400s', async () => {
+  await call('DELETE', '/v1/vms/ops');
+  const created = await call('POST', '/v1/vms', {
+    body: JSON.stringify({ ...goodCreate, name: 'ops', ft: false }),
+  });
+  assert.equal(created.status, 201, created.text);
+  const on = await call('POST', '/v1/vms/ops/ft', { body: JSON.stringify({ enabled: true }) });
+  assert.equal(on.status, 200, on.text);
+  assert.equal((on.json as VmStatus).ft, true);
+  for (const [body, message] of [
+    ['{}', /missing the field "enabled"/],
+    ['{"enabled":"yes"}', /body\.enabled/],
+    ['{"enabled":true,"force":1}', /unknown field "force"/],
+    ['[]', /body/],
+  ] as const)
+    assertError(await call('POST', '/v1/vms/ops/ft', { body }), 400, 'invalid', message);
+  assertError(await call('POST', '/v1/vms/nope/ft', { body: '{"enabled":true}' }), 404, 'not-found');
+
+  const moved = await call('POST', '/v1/vms/ops/migrate', { body: JSON.stringify({ to: 'h2' }) });
+  assert.equal(moved.status, 200, moved.text);
+  for (const [body, message] of [
+    ['{}', /missing the field "to"/],
+    ['{"to":"Bad Host!"}', /body\.to must be a name/],
+    ['{"to":"h2","when":"now"}', /unknown field "when"/],
+  ] as const)
+    assertError(await call('POST', '/v1/vms/ops/migrate', { body }), 400, 'invalid', message);
+
+  assert.equal((await call('POST', '/v1/vms/ops/failover')).status, 200);
+  assertError(await call('POST', '/v1/vms/nope/failover'), 404, 'not-found');
+  assertError(await call('POST', '/v1/vms/ops/snapshot'), 409, 'conflict', /does not run here/);
+  assertError(
+    await call('POST', '/v1/vms/ops/clone', {
+      body: JSON.stringify({ backup: 'h2', incarnation: 'ab', generation: 0 }),
+    }),
+    400,
+    'invalid',
+    /body\.generation/,
+  );
+  assertError(
+    await call('POST', '/v1/vms/ops/clone', {
+      body: JSON.stringify({ backup: 'h2', incarnation: 'ab', generation: 1 }),
+    }),
+    409,
+    'conflict',
+    /not an FT primary here/,
+  );
+  assert.equal((await call('DELETE', '/v1/vms/ops')).status, 204);
 });

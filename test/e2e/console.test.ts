@@ -348,3 +348,50 @@ test(
     }
   },
 );
+
+test(
+  'console: with one healthy host the Fault Tolerance checkbox says why it cannot protect',
+  { timeout: 120_000 },
+  async (t) => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: run \`npm test\`, whose setup installs it`);
+    mkdirSync(ARTIFACTS, { recursive: true });
+    let cluster: LocalCluster | null = null;
+    let browser: Browser | null = null;
+    const ip = serviceIp(61);
+    try {
+      cluster = await startCluster({ hosts: 1, prefix: 'console-one' });
+      t.diagnostic(`setup: one host (${cluster.hosts[0]!.api}), cluster ${cluster.dir}, VMs at ${ip}`);
+      await cluster.createKv({ name: 'solo', ip });
+      const token = (await cluster.cli(['cluster', 'token'])).stdout.trim();
+      browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+      const p = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+      await p.goto(`http://${cluster.hosts[0]!.api}/#/vm/solo?token=${token}`);
+      const box = p.getByLabel('Fault Tolerance');
+      await poll(
+        'the checkbox to be disabled',
+        async () => ((await box.isDisabled()) ? true : undefined),
+        30_000,
+      );
+      assert.equal(await box.isChecked(), false);
+      await p
+        .getByText(/Needs a second healthy host: only h1 is up/)
+        .first()
+        .waitFor({ timeout: 10_000 });
+      const file = path.join(ARTIFACTS, 'one-host-ft-disabled.png');
+      await p.screenshot({ path: file, fullPage: true });
+      t.diagnostic(`screenshot: ${file}`);
+      // An FT VM on this cluster says it is unprotected, and why, instead of failing silently.
+      await cluster.cli(['vm', 'ft', 'solo', 'on', '--no-wait']);
+      const progress = p.getByTestId('ft-progress');
+      await poll(
+        'the progress to say unprotected with the reason',
+        async () => (/^unprotected: .*(no other host|backup)/.test(await text(progress)) ? true : undefined),
+        30_000,
+      );
+      t.diagnostic(`with FT on: "${await text(progress)}"`);
+    } finally {
+      await browser?.close().catch(() => undefined);
+      await cluster?.close();
+    }
+  },
+);
