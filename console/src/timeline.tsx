@@ -41,6 +41,8 @@ function storyTitle(e: ClusterEvent): string | null {
       return `simulated failure of ${e.peer ?? 'a host'}`;
     case 'host-suspect':
       return `failure of ${e.peer ?? 'a host'}`;
+    case 'ft-link-lost':
+      return `${e.vm ?? 'a VM'} lost its partner ${e.peer ?? ''}`.trimEnd();
     case 'failover-requested':
       return `test failover of ${e.vm ?? 'a VM'}`;
     case 'migration-requested':
@@ -69,7 +71,7 @@ export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
     // part of it, not a new story.
     const sameFailure =
       open !== null &&
-      (e.kind === 'host-suspect' || e.kind === 'host-down') &&
+      (e.kind === 'host-suspect' || e.kind === 'host-down' || e.kind === 'ft-link-lost') &&
       e.peer !== null &&
       open.failedHost === e.peer;
     const quiet = open === null || e.atMs - open.endMs > GROUP_GAP_MS;
@@ -81,7 +83,8 @@ export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
         events: [],
         startMs: e.atMs,
         endMs: e.atMs,
-        failedHost: e.kind === 'host-killed' || e.kind === 'host-suspect' ? e.peer : null,
+        failedHost:
+          e.kind === 'host-killed' || e.kind === 'host-suspect' || e.kind === 'ft-link-lost' ? e.peer : null,
       };
       groups.push(open);
     }
@@ -101,6 +104,7 @@ const KINDS: Record<string, { tone: Tone; icon: string }> = {
   'host-down': { tone: 'bad', icon: '▼' },
   'host-removed': { tone: 'neutral', icon: '−' },
   'host-killed': { tone: 'bad', icon: '✕' },
+  'ft-link-lost': { tone: 'bad', icon: '⚡' },
   'tas-won': { tone: 'good', icon: '✓' },
   'tas-lost': { tone: 'info', icon: '·' },
   fence: { tone: 'warn', icon: '▮' },

@@ -191,6 +191,7 @@ export const EVENT_KINDS = [
   'host-down',
   'host-removed',
   'host-killed',
+  'ft-link-lost',
   'tas-won',
   'tas-lost',
   'fence',

@@ -367,6 +367,7 @@ export class HostDaemon implements HostBackend {
       apiToken: this.cluster.tokenHex,
       linkDelayMs: this.opts.ftLinkDelayMs ?? 0,
       changed: () => {
+        this.noteLostPartners();
         // Protection changes go out at once: a backup may go live only once it is reported caught up.
         for (const [name, l] of this.localVms) {
           if (l.roleName === 'primary' && l.state === 'running' && l.ftStatus() !== null)
@@ -530,6 +531,40 @@ export class HostDaemon implements HostBackend {
           generation: l.generation,
           peer: ft.backup,
           message: `${name} is ${what}`,
+        },
+      );
+    }
+  }
+
+  /** FT copies whose partner loss has been told, by "VM/generation/role". */
+  private readonly lossesTold = new Set<string>();
+
+  /**
+   * An FT copy that lost its partner (the channel closed, or the backup never
+   * attached) is the first sign of a failure, before any heartbeat is missed:
+   * it goes on the timeline once per copy and generation.
+   */
+  private noteLostPartners(): void {
+    for (const [name, l] of this.localVms) {
+      const lost = l.roleName === 'backup' ? l.primaryLost : l.backupLost;
+      const key = `${name}/${l.generation}/${l.roleName}`;
+      if (!lost) continue;
+      if (this.lossesTold.has(key)) continue;
+      this.lossesTold.add(key);
+      if (this.lossesTold.size > 4096) this.lossesTold.delete(this.lossesTold.values().next().value!);
+      const peer = l.roleName === 'backup' ? l.primaryHost : l.lostBackup;
+      this.tell(
+        'warn',
+        {},
+        {
+          kind: 'ft-link-lost',
+          vm: name,
+          generation: l.generation,
+          peer,
+          message:
+            l.roleName === 'backup'
+              ? `${name}: the backup on ${this.opts.name} lost its primary ${peer ?? '?'} (the FT channel closed)`
+              : `${name}: the primary on ${this.opts.name} lost its backup ${peer ?? '?'} (${l.ftStatus()?.reason ?? 'the FT channel closed'})`,
         },
       );
     }

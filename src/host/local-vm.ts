@@ -138,6 +138,11 @@ export class LocalVm {
     void this.addresses.release(ip);
   }
 
+  /** FT backup: the host of the primary it follows; null otherwise. */
+  get primaryHost(): string | null {
+    return this.role.kind === 'ft-backup' ? this.role.primary.name : null;
+  }
+
   /** 'backup' for an FT backup, 'primary' otherwise. */
   get roleName(): 'primary' | 'backup' {
     return this.role.kind === 'ft-backup' ? 'backup' : 'primary';
