@@ -711,7 +711,7 @@ export class HostDaemon implements HostBackend {
           {
             kind: 'host-removed',
             peer: a.name,
-            message: `host ${a.name} left the cluster view (${a.reason})`,
+            message: `peer ${a.name} removed (${a.reason})`,
           },
         );
         this.peerEventCursors.forget(a.name);
@@ -725,7 +725,7 @@ export class HostDaemon implements HostBackend {
             kind: a.state === 'up' ? 'host-up' : a.state === 'suspect' ? 'host-suspect' : 'host-down',
             peer: a.name,
             durationMs: a.state === 'up' ? null : a.silentMs,
-            message: `host ${a.name} is ${a.state}${silent}`,
+            message: `peer ${a.name} is ${a.state}${silent}`,
           },
         );
         this.reconcileSoon();
@@ -1118,7 +1118,7 @@ export class HostDaemon implements HostBackend {
             generation: g,
             peer: a.fence ?? (namedBackup ? a.placement.backup : tookOverFrom),
             message: namedBackup
-              ? `named ${a.placement.backup} as ${name}'s backup at generation ${g}`
+              ? `won ${name} generation ${g}: ${a.placement.backup} named as its backup`
               : a.fence !== null
                 ? `won ${name} generation ${g}: taking it over from ${a.fence}`
                 : tookOverFrom !== null && a.placement.primary === this.opts.name
