@@ -336,6 +336,11 @@ export class LocalVm {
           bytes += p.byteLength;
           room = body.write(Buffer.from(p)) && room;
         }
+        // Between the writer's own reports (per disk folder, per 4 MiB of memory), the bytes sent
+        // move the progress on; they never pass the estimate (zero blocks are not sent).
+        const cp = this.cloneProgress;
+        if (cp !== null && bytes > cp.doneBytes)
+          this.cloneProgress = { doneBytes: Math.min(bytes, cp.totalBytes), totalBytes: cp.totalBytes };
         if (room) return undefined;
         return new Promise((resolve) => {
           const go = (): void => {
@@ -352,7 +357,11 @@ export class LocalVm {
         try {
           await writeVmSnapshot(vm, snap, sink, Date.now(), {
             diskDir: snap.disk != null && 'dir' in snap.disk ? snap.disk.dir : null,
-            onProgress: (doneBytes, totalBytes) => (this.cloneProgress = { doneBytes, totalBytes }),
+            onProgress: (doneBytes, totalBytes) =>
+              (this.cloneProgress = {
+                doneBytes: Math.max(doneBytes, this.cloneProgress?.doneBytes ?? 0),
+                totalBytes,
+              }),
           });
           body.end();
           return bytes;

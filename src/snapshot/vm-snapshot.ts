@@ -65,6 +65,7 @@ export async function writeVmSnapshot(
     for (let i = 0; i < diskPreopens; i++) diskBytesEach.push(await folderBytes(`${diskDir}/${i}`));
   const totalBytes = diskBytesEach.reduce((a, b) => a + b, 0) + memory.byteLength;
   let doneBytes = 0;
+  progress?.(0, totalBytes);
   w.header({
     moduleSha256: Buffer.from(vm.module.sha256, 'hex'),
     memoryMaxPages: vm.config.memoryMaxMib * PAGES_PER_MIB,

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Vm, type VmSnapshot } from '../../src/vm/vm.js';
+import { writeVmSnapshot } from '../../src/snapshot/vm-snapshot.js';
 import { kvConfig, loadVm, kvClient as client } from './ft-harness.js';
 import { StopReason } from '../../src/vm/wasi/signals.js';
 import { tempDir } from './harness.js';
@@ -60,6 +61,32 @@ test(
       assert.ok(disk != null && 'dir' in disk, JSON.stringify(disk));
       // (Guest writes after the cut would be copied-on-write: src/vm/fs/freeze.test.ts.)
       assert.equal(readFileSync(path.join(disk.dir, '0', 'note.txt'), 'utf8'), 'at the snapshot');
+      // Written out with its disk, the writer reports its progress from 0 to the whole estimate
+      // (memory and the disk's file bytes), never backwards: the console's "cloning N%".
+      const reports: [number, number][] = [];
+      let written = 0;
+      await writeVmSnapshot(
+        a,
+        snap,
+        (pieces) => void (written += pieces.reduce((n, p) => n + p.byteLength, 0)),
+        1,
+        {
+          diskDir: disk.dir,
+          onProgress: (done, total) => void reports.push([done, total]),
+        },
+      );
+      const noteBytes = Buffer.byteLength('at the snapshot');
+      const expectedTotal = snap.capture.memory.byteLength;
+      assert.ok(reports.length >= 3, `progress reports: ${JSON.stringify(reports)}`);
+      assert.deepEqual(reports[0]![0], 0);
+      const total = reports[0]![1];
+      assert.ok(total >= expectedTotal + noteBytes, `total ${total} covers memory and disk`);
+      for (let i = 1; i < reports.length; i++) {
+        assert.equal(reports[i]![1], total);
+        assert.ok(reports[i]![0] >= reports[i - 1]![0], `progress went back: ${JSON.stringify(reports)}`);
+      }
+      assert.equal(reports.at(-1)![0], total);
+      assert.ok(written > 0);
       cpSync(path.join(disk.dir, '0'), diskB.dir, { recursive: true });
       a.thawSnapshotDisk();
       const ra2 = await client(addrA!.port);
