@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import SwaggerParser from '@apidevtools/swagger-parser';
 import { buildApiApp } from './server.js';
 import type { HostBackend } from './backend.js';
 
@@ -77,4 +78,10 @@ test('every documented operation says what it answers and, unless open, needs th
       );
       assert.equal(open.has(key), Array.isArray(op.security) && op.security.length === 0, `${key}: security`);
     }
+});
+
+test('the document is valid OpenAPI 3 (schema and references checked by swagger-parser)', async () => {
+  const { doc } = await generated();
+  // validate() dereferences in place; it gets a copy.
+  await SwaggerParser.validate(JSON.parse(JSON.stringify(doc)));
 });

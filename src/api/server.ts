@@ -68,8 +68,7 @@ import {
   HostNameParamsSchema,
   ApiErrorBodySchema,
   VmStatusSchema,
-  VmStatusListSchema,
-  HostStatusListSchema,
+  HostStatusSchema,
   HostInfoSchema,
   HealthResponseSchema,
   PrimaryResponseSchema,
@@ -319,13 +318,24 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
   // ---- The OpenAPI document ---------------------------------------------
   // Every route below carries its schemas; the document is generated from them (docs/openapi.json
   // is a checked-in copy, and a test keeps the two and the routes in step).
-  await app.register(fastifySwagger, { openapi: OPENAPI_BASE });
+  await app.register(fastifySwagger, {
+    openapi: OPENAPI_BASE,
+    // Shared schemas appear once, under components.schemas by their $id, and operations refer to them.
+    refResolver: {
+      buildLocalReference: (json, _baseUri, _fragment, i) =>
+        typeof json.$id === 'string' ? json.$id : `def-${i}`,
+    },
+  });
+  for (const [id, schema] of Object.entries(SHARED_SCHEMAS)) app.addSchema({ ...schema, $id: id });
   // Response schemas document the answers; they are not used to serialise them (the types in
   // backend.ts already match them, and the client checks every answer).
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
 
   const errors = {
-    default: { description: 'An error (see "Errors" in docs/API.md)', ...ApiErrorBodySchema },
+    default: {
+      description: 'An error (see "Errors" in docs/API.md)',
+      content: { 'application/json': { schema: ref('ApiErrorBody') } },
+    },
   };
   const doc = (
     summary: string,
@@ -429,7 +439,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
     {
       schema: doc('Every host of the cluster, as the answering host sees it', {
         tags: ['hosts'],
-        response: { 200: HostStatusListSchema },
+        response: { 200: listOf('HostStatus') },
       }),
     },
     async (_req, reply) => sendResult(reply, await backend.listHosts(), 200),
@@ -451,7 +461,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
 
   app.get(
     '/v1/vms',
-    { schema: doc('Every VM of the cluster', { response: { 200: VmStatusListSchema } }) },
+    { schema: doc('Every VM of the cluster', { response: { 200: listOf('VmStatus') } }) },
     async (_req, reply) => sendResult(reply, await backend.listVms(), 200),
   );
 
@@ -460,7 +470,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
     {
       schema: {
         body: CreateVmRequestSchema,
-        ...doc('Create a VM and start it', { response: { 201: VmStatusSchema } }),
+        ...doc('Create a VM and start it', { response: { 201: ref('VmStatus') } }),
       },
     },
     async (req, reply) => sendResult(reply, await backend.createVm(req.body), 201),
@@ -470,7 +480,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
     schema: {
       params: VmNameParamsSchema,
       ...doc(summary, {
-        response: { 200: VmStatusSchema },
+        response: { 200: ref('VmStatus') },
         ...(description !== undefined ? { description } : {}),
       }),
     },
@@ -504,7 +514,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
       schema: {
         params: VmNameParamsSchema,
         body: SetFtRequestSchema,
-        ...doc('Switch fault tolerance on or off, without a restart', { response: { 200: VmStatusSchema } }),
+        ...doc('Switch fault tolerance on or off, without a restart', { response: { 200: ref('VmStatus') } }),
       },
     },
     async (req, reply) => sendResult(reply, await backend.setFt(req.params.name, req.body), 200),
@@ -516,7 +526,7 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
       schema: {
         params: VmNameParamsSchema,
         body: MigrateRequestSchema,
-        ...doc('Live-migrate the running VM to another host', { response: { 200: VmStatusSchema } }),
+        ...doc('Live-migrate the running VM to another host', { response: { 200: ref('VmStatus') } }),
       },
     },
     async (req, reply) => sendResult(reply, await backend.migrateVm(req.params.name, req.body), 200),
@@ -753,6 +763,21 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
   await app.ready();
   // The instance's logger type follows the `logger` option's branch; callers need neither.
   return app as unknown as ApiApp;
+}
+
+/** Answers several operations share: the document names them once (components.schemas). */
+const SHARED_SCHEMAS = {
+  VmStatus: VmStatusSchema,
+  HostStatus: HostStatusSchema,
+  ApiErrorBody: ApiErrorBodySchema,
+};
+
+function ref(id: keyof typeof SHARED_SCHEMAS): { $ref: string } {
+  return { $ref: `${id}#` };
+}
+
+function listOf(id: keyof typeof SHARED_SCHEMAS): { type: 'array'; items: { $ref: string } } {
+  return { type: 'array', items: ref(id) };
 }
 
 /** The document's fixed part; the paths come from the routes. */
