@@ -1,4 +1,4 @@
-// The console's view of the host API: the wire types (a browser-side copy of src/api/backend.ts) and
+// The console's view of the host API: the wire types (src/api/backend.ts's, imported as types) and
 // one fetch wrapper that adds the token and turns every failure into an ApiFailure value.
 //
 // Invariants:
@@ -6,105 +6,20 @@
 //   logs, the browser history and Referer headers.
 // - No call throws: network errors, error bodies and garbage answers all become `{ ok: false }` with a
 //   message fit to show to the user. A 401 also flips the global auth state so the sign-in panel shows.
-// - Fields that newer hosts add (logEvents, clone, sampledAtMs, local, fenced) are optional here and
-//   read through the normalisers below, so the console works against a host that predates them.
+// - Fields that newer hosts add (logEvents, clone, sampledAtMs, local, fenced) are filled in by the
+//   normalisers below when a host that predates them leaves them out, so the console works against it.
 
-export type VmRunState = 'stopped' | 'starting' | 'running' | 'failed';
-export type Protection = 'off' | 'syncing' | 'protected' | 'reprotecting' | 'unprotected';
-export type HostState = 'up' | 'suspect' | 'down' | 'left';
-
-export interface CloneProgress {
-  doneBytes: number;
-  totalBytes: number;
-}
-
-export interface VmStatus {
-  name: string;
-  state: VmRunState;
-  ft: boolean;
-  protection: Protection;
-  reason: string | null;
-  primary: string | null;
-  backup: string | null;
-  address: string;
-  lagMs: number | null;
-  lagEvents: number | null;
-  lagBytes: number | null;
-  desired: 'running' | 'stopped';
-  generation: number;
-  wasm: string;
-  disk: string | null;
-  exitCode: number | null;
-  heldOutputs: number | null;
-  logBytes: number | null;
-  logFileBytes: number | null;
-  logEvents: number | null;
-  clone: CloneProgress | null;
-  sampledAtMs: number | null;
-}
-
-export interface HostStatus {
-  name: string;
-  state: HostState;
-  api: string;
-  peer: string;
-  address: string | null;
-  pid: number;
-  vms: string[];
-  heartbeatRttMs: number | null;
-  local: boolean;
-  fenced: boolean;
-}
-
-export interface HostInfo {
-  name: string;
-  pid: number;
-  api: string;
-  clusterId: string;
-}
-
-export interface ClusterEvent {
-  id: string;
-  cursor: number;
-  atMs: number;
-  host: string;
-  kind: string;
-  vm: string | null;
-  generation: number | null;
-  peer: string | null;
-  durationMs: number | null;
-  message: string;
-}
-
-export interface EventsPage {
-  host?: string;
-  incarnation?: string;
-  cursor: number;
-  events: ClusterEvent[];
-}
-
-export interface ModuleInfo {
-  path: string;
-  sha256: string;
-  bytes: number;
-}
-
-export interface KillHostAnswer {
-  host: string;
-  pid: number;
-}
-
-export interface CreateVmRequest {
-  name: string;
-  wasm: string;
-  listen: string;
-  disk?: string | null;
-  env?: string[];
-  args?: string[];
-  memoryMaxMib?: number;
-  ft?: boolean;
-  host?: string | null;
-}
+// The wire types are the server's own (type-only: nothing of the server is bundled).
+export type * from '../../src/api/wire.js';
+import type {
+  VmStatus,
+  HostStatus,
+  HostInfo,
+  EventsPage,
+  ModuleInfo,
+  KillHostAnswer,
+  CreateVmRequest,
+} from '../../src/api/wire.js';
 
 /**
  * Why a call failed. `code` is the API's code when a host answered with an error body, or 'network'

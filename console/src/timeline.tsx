@@ -9,7 +9,7 @@
 // protected" reads top to bottom with its durations. Episodes are listed newest first. Times are by
 // the clock of the host that saw each event, so across hosts the order is as good as their clocks.
 import { useMemo, useState } from 'preact/hooks';
-import type { ClusterEvent } from './api';
+import type { ClusterEvent, EventKind } from './api';
 import { clockTime, dayAndTime, durationMs } from './format';
 
 export const GROUP_GAP_MS = 10_000;
@@ -97,8 +97,8 @@ export function groupEvents(sorted: ClusterEvent[]): EventGroup[] {
 
 type Tone = 'good' | 'warn' | 'bad' | 'info' | 'neutral';
 
-/** How each kind looks. Kinds not listed (newer hosts may add some) render with the generic look. */
-const KINDS: Record<string, { tone: Tone; icon: string }> = {
+/** How each kind looks (every kind this version knows; a newer host's other kinds render with the generic look). */
+const KINDS: Record<EventKind, { tone: Tone; icon: string }> = {
   'host-up': { tone: 'good', icon: '▲' },
   'host-suspect': { tone: 'warn', icon: '?' },
   'host-down': { tone: 'bad', icon: '▼' },
@@ -129,7 +129,10 @@ const KINDS: Record<string, { tone: Tone; icon: string }> = {
 };
 
 export function KindBadge({ kind }: { kind: string }) {
-  const look = KINDS[kind] ?? { tone: 'neutral' as Tone, icon: '•' };
+  const look = (KINDS as Partial<Record<string, { tone: Tone; icon: string }>>)[kind] ?? {
+    tone: 'neutral' as Tone,
+    icon: '•',
+  };
   return (
     <span class={`kind kind-${look.tone}`}>
       <span class="kind-icon" aria-hidden="true">

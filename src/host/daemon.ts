@@ -536,6 +536,21 @@ export class HostDaemon implements HostBackend {
     }
   }
 
+  /** A local copy stopped or failed: the timeline says so, naming a backup's role. */
+  private tellEnded(name: string, l: LocalVm, state: 'stopped' | 'failed', why: string | null): void {
+    const which = l.roleName === 'backup' ? `${name} (backup)` : name;
+    this.tell(
+      'info',
+      { state },
+      {
+        kind: state === 'failed' ? 'vm-failed' : 'vm-stopped',
+        vm: name,
+        generation: l.generation,
+        message: `${which} ${state} on ${this.opts.name}${why ? `: ${why}` : ''}`,
+      },
+    );
+  }
+
   /** FT copies whose partner loss has been told, by "VM/generation/role". */
   private readonly lossesTold = new Set<string>();
 
@@ -1328,16 +1343,7 @@ export class HostDaemon implements HostBackend {
           if (e.state === 'running' && l.roleName === 'primary')
             void this.writeStatus(name, l.generation, 'running', null, null);
           if (e.state === 'stopped' || e.state === 'failed') {
-            this.tell(
-              'info',
-              { state: e.state },
-              {
-                kind: e.state === 'failed' ? 'vm-failed' : 'vm-stopped',
-                vm: name,
-                generation: l.generation,
-                message: `${name} (${l.roleName}) ${e.state} on ${this.opts.name}${e.message ? `: ${e.message}` : ''}`,
-              },
-            );
+            this.tellEnded(name, l, e.state, e.message);
             if (l.roleName === 'primary')
               void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
             this.reconcileSoon();
@@ -1394,16 +1400,7 @@ export class HostDaemon implements HostBackend {
       (e) => {
         void this.writeStatus(name, l.generation, e.state, e.message, e.exitCode);
         if (e.state === 'stopped' || e.state === 'failed') {
-          this.tell(
-            'info',
-            { state: e.state },
-            {
-              kind: e.state === 'failed' ? 'vm-failed' : 'vm-stopped',
-              vm: name,
-              generation: l.generation,
-              message: `${name} ${e.state} on ${this.opts.name}${e.message ? `: ${e.message}` : ''}`,
-            },
-          );
+          this.tellEnded(name, l, e.state, e.message);
           this.reconcileSoon();
         } else if (e.state === 'running')
           this.tell(

@@ -108,24 +108,34 @@ export class HostMetrics {
           for (const p of PROTECTIONS) this.set({ vm: v.name, protection: p }, v.protection === p ? 1 : 0);
       },
     });
-    const primaryGauge = (
+    /**
+     * A series per primary VM, read at scrape time. Counters are set from the VM's own count
+     * (reset, then incremented by it): a new generation starts it again, which Prometheus reads
+     * as a counter reset.
+     */
+    const perPrimary = (
+      type: 'gauge' | 'counter',
       name: string,
       help: string,
       pick: (v: VmCopyFigures) => number | null,
-    ): Gauge<'vm'> =>
-      new Gauge({
-        name,
-        help,
-        labelNames: ['vm'],
-        registers: r,
-        collect() {
-          this.reset();
-          for (const v of primaries()) {
-            const x = pick(v);
-            if (x !== null) this.set({ vm: v.name }, x);
-          }
-        },
-      });
+    ): void => {
+      const collect = function (this: Gauge<'vm'> | Counter<'vm'>): void {
+        this.reset();
+        for (const v of primaries()) {
+          const x = pick(v);
+          if (x === null) continue;
+          if (this instanceof Gauge) this.set({ vm: v.name }, x);
+          else this.inc({ vm: v.name }, x);
+        }
+      };
+      const config = { name, help, labelNames: ['vm'] as const, registers: r, collect };
+      if (type === 'gauge') new Gauge(config);
+      else new Counter(config);
+    };
+    const primaryGauge = (name: string, help: string, pick: (v: VmCopyFigures) => number | null): void =>
+      perPrimary('gauge', name, help, pick);
+    const primaryCounter = (name: string, help: string, pick: (v: VmCopyFigures) => number | null): void =>
+      perPrimary('counter', name, help, pick);
     primaryGauge(
       'lockstep_vm_lag_seconds',
       'How far the backup is behind: age of the oldest unacknowledged log frame (only while one is attached)',
@@ -151,22 +161,6 @@ export class HostMetrics {
       `Event-log bandwidth over the last ${LOG_RATE_WINDOW_MS / 1000} s`,
       (v) => logRate(v.name),
     );
-    const primaryCounter = (name: string, help: string, pick: (v: VmCopyFigures) => number | null): void => {
-      new Counter({
-        name,
-        help,
-        labelNames: ['vm'],
-        registers: r,
-        collect() {
-          // The count lives in the VM; a new generation starts it again, which Prometheus reads as a reset.
-          this.reset();
-          for (const v of primaries()) {
-            const x = pick(v);
-            if (x !== null) this.inc({ vm: v.name }, x);
-          }
-        },
-      });
-    };
     primaryCounter(
       'lockstep_vm_log_bytes_total',
       'Event-log bytes the VM produced at its current generation',
