@@ -211,6 +211,8 @@ export class HostDaemon implements HostBackend {
   /** Since when (monotonic ms) this restarted host has waited for a VM's backup to take over. */
   private readonly backupTakeoverWaitSinceMs = new Map<string, number>();
   private readonly incarnation = randomBytes(8).toString('hex');
+  /** This machine's boot id: hosts that share it are on this machine ("local"). */
+  private readonly bootId = selfIdentity().bootId;
   private readonly nowMs: () => number;
   private readonly wallMs: () => number;
   private readonly log: Logger;
@@ -688,7 +690,7 @@ export class HostDaemon implements HostBackend {
     const rec = this.hostRecords.get(name);
     if (rec === undefined)
       return { ok: false, error: { code: 'not-found', message: `no host named ${name} in this cluster` } };
-    if (rec.bootId !== selfIdentity().bootId)
+    if (rec.bootId !== this.bootId)
       return conflict(
         `host ${name} runs on another machine; "simulate host failure" only kills hosts of a local cluster (stop it there, or cut its power)`,
       );
@@ -1564,7 +1566,7 @@ export class HostDaemon implements HostBackend {
         pid: rec.pid,
         vms: primaryOf,
         heartbeatRttMs: rtt,
-        local: rec.bootId === selfIdentity().bootId,
+        local: rec.bootId === this.bootId,
         // Fenced (by any host, as the merged timeline tells) since it last started.
         fenced: fencedAt !== undefined && fencedAt >= rec.startedAtMs && view.get(name) !== 'up',
       });
