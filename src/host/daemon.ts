@@ -139,6 +139,11 @@ export interface HostOptions {
    * names a newer generation. The partition and pause suites must catch it.
    */
   plantSkipGenerationCompare?: boolean;
+  /**
+   * TESTING ONLY: wraps the coordinator this host opened, so a test can widen
+   * the window between two of its writes (see the create-order test).
+   */
+  wrapCoordinator?: (c: Coordinator) => Coordinator;
 }
 
 export type HostStartError = { code: 'usage' | 'coordinator' | 'conflict' | 'io'; message: string };
@@ -153,6 +158,8 @@ const CLONE_OFFER_WAIT_MS = 3000;
  * candidate again soon.
  */
 const AVOID_DROPPED_BACKUP_MS = 10_000;
+/** How long shutdown waits for its VMs to stop before it leaves the cluster anyway. */
+const SHUTDOWN_VM_WAIT_MS = 10_000;
 /** How often each peer's new events are pulled into this host's merged timeline. */
 const EVENTS_PULL_MS = 500;
 /** How often the log is sampled for the bandwidth metric. */
@@ -295,7 +302,7 @@ export class HostDaemon implements HostBackend {
     }
     const opened = await openCoordinator(opts.coordinator, { opTimeoutMs: opts.timings.coordOpTimeoutMs });
     if (!opened.ok) return fail('coordinator', `coordinator ${opts.coordinator}: ${opened.error.message}`);
-    const coord = opened.value;
+    const coord = opts.wrapCoordinator ? opts.wrapCoordinator(opened.value) : opened.value;
     const closeOnFail = async <T>(r: T): Promise<T> => {
       await coord.close();
       return r;
@@ -1666,12 +1673,13 @@ export class HostDaemon implements HostBackend {
     }
     if (target === null)
       return { ok: false, error: { code: 'unavailable', message: 'no host is up to run it' } };
-    const put = await this.coord.put(vmSpecKey(spec.name), spec, 'absent');
-    if (!put.ok)
-      return put.error.code === 'conflict' ? conflict(`VM ${spec.name} already exists`) : unavailable();
-    // A placement left by an earlier VM of the same name is replaced by a newer generation.
+    if (all.get(spec.name)?.spec != null) return conflict(`VM ${spec.name} already exists`);
+    // The placement is written before the spec: a host reconciling between the two writes would
+    // otherwise see a VM with no placement and place it itself, and the host asked for (--host)
+    // would be lost. A placement with no spec is inert (it is what a removed VM leaves behind).
+    // A placement left by an earlier VM of the same name is replaced by a newer generation; the
+    // test-and-set on its version also settles two requests creating the same name at once.
     const old = all.get(spec.name)?.placement ?? null;
-    // An FT VM gets its backup with its first placement (the primary adds one later if none is up).
     const placement: VmPlacement = {
       v: 1,
       generation: (old?.value.generation ?? 0) + 1,
@@ -1684,10 +1692,12 @@ export class HostDaemon implements HostBackend {
       old === null ? 'absent' : { version: old.version },
     );
     if (!pr.ok)
-      this.log.warn(
-        { vm: spec.name, err: pr.error },
-        'initial placement failed; reconciliation will place it',
-      );
+      return pr.error.code === 'conflict'
+        ? conflict(`VM ${spec.name} is being created or removed by another request; try again`)
+        : unavailable();
+    const put = await this.coord.put(vmSpecKey(spec.name), spec, 'absent');
+    if (!put.ok)
+      return put.error.code === 'conflict' ? conflict(`VM ${spec.name} already exists`) : unavailable();
     this.tell(
       'info',
       { wasm: spec.wasmPath, ft: spec.ft },
@@ -2040,7 +2050,14 @@ export class HostDaemon implements HostBackend {
       );
       l.stop(false);
     }
-    await Promise.race([Promise.all(stopped), new Promise((r) => setTimeout(r, 10_000))]);
+    // The VMs get SHUTDOWN_VM_WAIT_MS to stop; the timer is cleared so that a daemon embedded in a
+    // longer-lived process (tests) does not keep it alive after shutdown.
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(stopped),
+      new Promise((r) => (grace = setTimeout(r, SHUTDOWN_VM_WAIT_MS))),
+    ]);
+    clearTimeout(grace);
     if (this.apiAddress !== '') await this.register('left');
     await this.apiClose?.();
     await this.ftServer?.close();
