@@ -7,14 +7,14 @@
 // authority on what it accepts.
 import { useState } from 'preact/hooks';
 import { api, type CreateVmRequest } from './api';
+// The API's upload limit (POST /v1/modules): the one constant the console takes from the server's wire module.
+import { MODULE_BYTES_MAX } from '../../src/api/wire.js';
 import { Modal } from './dialogs';
 import { notify } from './notify';
 import { clusterStore, putVm, refreshCluster, Store, useStore } from './store';
 
 const NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const LISTEN_RE = /^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d{1,5}$/;
-/** The API's upload limit for a module (POST /v1/modules). */
-const MODULE_BYTES_MAX = 64 * 1024 * 1024;
 
 const dialogStore = new Store<{ open: boolean }>({ open: false });
 

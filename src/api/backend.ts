@@ -72,6 +72,8 @@ export interface HostBackend {
   metrics(): Promise<{ contentType: string; body: string }>;
   /** Stores an uploaded module on this host, named by its SHA-256. */
   uploadModule(bytes: Buffer): Promise<ApiResult<ModuleInfo>>;
+  /** The file of the module with this SHA-256 when this host's store holds it (peers fetch it so). */
+  moduleFile(sha256: string): Promise<ApiResult<{ path: string; bytes: number }>>;
   /** "Simulate host failure": SIGKILL of a host process on this same machine. */
   killHost(name: string): Promise<ApiResult<KillHostAnswer>>;
 }

@@ -73,6 +73,9 @@ class FakeBackend implements HostBackend {
   async uploadModule(): Promise<ApiResult<ModuleInfo>> {
     return { ok: false, error: { code: 'invalid', message: 'not here' } };
   }
+  async moduleFile(): Promise<ApiResult<{ path: string; bytes: number }>> {
+    return { ok: false, error: { code: 'not-found', message: 'not here' } };
+  }
   async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
     return { ok: false, error: { code: 'not-found', message: `no host named ${name}` } };
   }

@@ -42,6 +42,7 @@ import type {
   EventsPage,
   KillHostAnswer,
 } from './backend.js';
+import { MODULE_BYTES_MAX } from './wire.js';
 import {
   ApiErrorBodySchema,
   EventsPageSchema,
@@ -80,12 +81,16 @@ interface CallOptions {
   endpoints?: readonly string[];
   /** False for the open health routes, which must not receive the token. */
   authenticated?: boolean;
+  /** A larger bound on the answer than RESPONSE_BYTES_MAX (a module). */
+  responseBytesMax?: number;
 }
 
 /** How a successful answer is read. */
 type Expectation =
   | { kind: 'json'; check: TypeCheck<TSchema>; describe: string }
   | { kind: 'text' }
+  /** Raw bytes of exactly this Content-Type. */
+  | { kind: 'bytes'; contentType: string }
   | { kind: 'empty' }
   | { kind: 'primary' };
 
@@ -203,6 +208,17 @@ export class ApiClient {
     return this.#json('GET', `/v1/events${query}`, undefined, checks.events, 'event page');
   }
 
+  /** The module with this SHA-256 from the answering host's store (hosts fetch missing modules so). */
+  readModule(sha256: string): Promise<ApiResult<Buffer>> {
+    return this.#call<Buffer>(
+      'GET',
+      `/v1/modules/${encodeURIComponent(sha256)}`,
+      undefined,
+      { kind: 'bytes', contentType: 'application/wasm' },
+      { responseBytesMax: MODULE_BYTES_MAX },
+    );
+  }
+
   /** Asks the answering host to kill host `name`'s process ("simulate host failure"; same machine only). */
   killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
     return this.#json(
@@ -284,7 +300,15 @@ export class ApiClient {
         };
         continue;
       }
-      const exchanged = await exchange(target, method, path, headers, payload, this.timeoutMs);
+      const exchanged = await exchange(
+        target,
+        method,
+        path,
+        headers,
+        payload,
+        this.timeoutMs,
+        opts.responseBytesMax ?? RESPONSE_BYTES_MAX,
+      );
       if (!exchanged.ok) {
         if (exchanged.connected && !mayRepeat) {
           const effect =
@@ -355,6 +379,13 @@ function decode<T>(answer: HttpAnswer, expect: Expectation, endpoint: string): D
           return garbage(`answered Content-Type ${JSON.stringify(answer.contentType)} instead of text/plain`);
         }
         return { result: { ok: true, value: answer.body.toString('utf8') as T }, trusted: true };
+      case 'bytes':
+        if (answer.contentType.split(';')[0]!.trim().toLowerCase() !== expect.contentType) {
+          return garbage(
+            `answered Content-Type ${JSON.stringify(answer.contentType)} instead of ${expect.contentType}`,
+          );
+        }
+        return { result: { ok: true, value: answer.body as T }, trusted: true };
       case 'json': {
         const parsed = parseJson(answer);
         if (!parsed.ok) return garbage(parsed.message);
@@ -416,6 +447,7 @@ function exchange(
   headers: Record<string, string>,
   payload: Buffer | null,
   timeoutMs: number,
+  responseBytesMax: number,
 ): Promise<Exchange> {
   return new Promise((resolve) => {
     let connected = false;
@@ -458,12 +490,12 @@ function exchange(
           let bytes = 0;
           res.on('data', (chunk: Buffer) => {
             bytes += chunk.length;
-            if (bytes > RESPONSE_BYTES_MAX) {
+            if (bytes > responseBytesMax) {
               finish({
                 ok: false,
                 connected: true,
                 code: 'internal',
-                message: `answered more than ${RESPONSE_BYTES_MAX} bytes`,
+                message: `answered more than ${responseBytesMax} bytes`,
               });
               return;
             }

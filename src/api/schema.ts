@@ -148,6 +148,10 @@ export const CreateVmRequestSchema = Type.Object(
 
 /** Path parameters of every /v1/vms/:name route and of the primary health check. */
 export const VmNameParamsSchema = Type.Object({ name: NameSchema }, { additionalProperties: false });
+export const ModuleParamsSchema = Type.Object(
+  { sha256: Type.String({ pattern: '^[0-9a-f]{64}$', description: '64 lowercase hex digits' }) },
+  { additionalProperties: false },
+);
 
 /** POST /v1/vms/:name/clone (host to host): which backup asks, at which generation. */
 export const CloneRequestSchema = Type.Object(

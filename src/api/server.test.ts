@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -90,6 +90,16 @@ class FakeBackend implements HostBackend {
         ok: true,
         value: { path: '/data/modules/x.wasm', sha256: 'a'.repeat(64), bytes: bytes.byteLength },
       };
+    });
+  }
+  /** Modules this backend "holds", by hash. */
+  readonly moduleFiles = new Map<string, string>();
+  async moduleFile(sha256: string): Promise<ApiResult<{ path: string; bytes: number }>> {
+    return this.gate(() => {
+      const file = this.moduleFiles.get(sha256);
+      if (file === undefined)
+        return { ok: false, error: { code: 'not-found', message: `no module ${sha256}` } };
+      return { ok: true, value: { path: file, bytes: readFileSync(file).byteLength } };
     });
   }
   async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
@@ -400,7 +410,10 @@ test('authenticated routes refuse a missing, wrong or malformed token with 401 a
   for (const [p, ops] of Object.entries(doc.paths))
     for (const [method, op] of Object.entries(ops))
       if (!(Array.isArray(op.security) && op.security.length === 0))
-        documented.push([method.toUpperCase(), p.replace('{name}', 'web')]);
+        documented.push([
+          method.toUpperCase(),
+          p.replace('{name}', 'web').replace('{sha256}', 'a'.repeat(64)),
+        ]);
   assert.ok(documented.length >= 19, `${documented.length} authenticated operations documented`);
   for (const opts of cases) {
     for (const [method, path] of [
@@ -847,6 +860,50 @@ test('POST /v1/modules stores the bytes; wrong type, empty, too large and no tok
     'invalid',
     /not a valid WebAssembly/,
   );
+});
+
+test('GET /v1/modules/SHA256 answers a held module as application/wasm; unknown and malformed hashes are refused', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'lockstep-api-mod-'));
+  try {
+    const bytes = Buffer.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+    const sha = 'b'.repeat(64);
+    writeFileSync(path.join(dir, 'm.wasm'), bytes);
+    backend.moduleFiles.set(sha, path.join(dir, 'm.wasm'));
+    const got = await new Promise<{ status: number; type: string; body: Buffer }>((resolve, reject) => {
+      http
+        .get(
+          {
+            host: '127.0.0.1',
+            port: server.address.port,
+            path: `/v1/modules/${sha}`,
+            headers: { authorization: `Bearer ${TOKEN}` },
+            agent: false,
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                type: String(res.headers['content-type']),
+                body: Buffer.concat(chunks),
+              }),
+            );
+          },
+        )
+        .on('error', reject);
+    });
+    assert.equal(got.status, 200);
+    assert.equal(got.type, 'application/wasm');
+    assert.deepEqual(got.body, bytes);
+    assertError(await call('GET', `/v1/modules/${sha}`, { token: null }), 401, 'unauthorized');
+    assertError(await call('GET', `/v1/modules/${'c'.repeat(64)}`), 404, 'not-found');
+    for (const bad of ['B'.repeat(64), 'b'.repeat(63), 'b'.repeat(65), '..%2Fetc%2Fpasswd'])
+      assertError(await call('GET', `/v1/modules/${bad}`), 400, 'invalid');
+  } finally {
+    backend.moduleFiles.clear();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('POST /v1/modules refuses a body over the module limit before reading it all', async () => {

@@ -25,7 +25,7 @@
  * - Bodies are bounded (BODY_BYTES_MAX) and so are log tails (LOG_BYTES_MAX).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +43,7 @@ import {
   type FastifySchemaValidationError,
 } from 'fastify';
 import { pino, type Logger } from 'pino';
+import { MODULE_BYTES_MAX } from './wire.js';
 import type {
   ApiErrorCode,
   ApiResult,
@@ -61,6 +62,7 @@ import {
   CreateVmRequestSchema,
   VmLogsQuerySchema,
   VmNameParamsSchema,
+  ModuleParamsSchema,
   CloneRequestSchema,
   SetFtRequestSchema,
   MigrateRequestSchema,
@@ -86,8 +88,9 @@ export const BODY_BYTES_MAX = 64 * 1024;
 export const LOG_BYTES_DEFAULT = 64 * 1024;
 /** The largest log tail one request may ask for, so one call cannot make the host buffer a whole log. */
 export const LOG_BYTES_MAX = 8 * 1024 * 1024;
-/** The largest module one upload may carry; the example guests are well under 1 MiB. */
-export const MODULE_BYTES_MAX = 64 * 1024 * 1024;
+// The largest module one upload may carry (the example guests are well under 1 MiB); in wire.ts, since
+// the client bounds a module it fetches by it too.
+export { MODULE_BYTES_MAX };
 /** The events one `GET /v1/events` returns when `?limit` is absent (and at most, EVENTS_PAGE_MAX). */
 export const EVENTS_LIMIT_DEFAULT = 1000;
 /**
@@ -636,6 +639,36 @@ export async function buildApiApp(backend: HostBackend, opts: ApiServerOptions =
           .code(400)
           .send(errorBody('invalid', "the body must be the module's bytes (Content-Type: application/wasm)"));
       return sendResult(reply, await backend.uploadModule(req.body), 201);
+    },
+  );
+
+  app.get<{ Params: { sha256: string } }>(
+    '/v1/modules/:sha256',
+    {
+      schema: {
+        params: ModuleParamsSchema,
+        ...doc("A module from this host's store, by its SHA-256", {
+          tags: ['modules'],
+          description:
+            "Hosts fetch a VM's module from each other by its hash when the path it was created from is not on " +
+            'their machine (an upload, another machine) or has changed since.',
+          response: {
+            200: {
+              description: 'The module',
+              content: { 'application/wasm': { schema: { type: 'string', format: 'binary' } } },
+            },
+          },
+        }),
+      },
+    },
+    async (req, reply) => {
+      const result = await backend.moduleFile(req.params.sha256);
+      if (!result.ok) return sendResult(reply, result, 200);
+      return reply
+        .code(200)
+        .type('application/wasm')
+        .header('content-length', result.value.bytes)
+        .send(createReadStream(result.value.path));
     },
   );
 

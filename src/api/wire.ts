@@ -82,7 +82,7 @@ export interface HostStatus {
 
 export interface CreateVmRequest {
   name: string;
-  /** Absolute path of the module, readable by the hosts. */
+  /** Absolute path of the module on the host taking the request (the others fetch it by its hash). */
   wasm: string;
   listen: string;
   disk?: string | null;
@@ -178,6 +178,9 @@ export interface EventsPage {
   cursor: number;
   events: ClusterEvent[];
 }
+
+/** The largest module a host takes as an upload or serves to a peer (64 MiB). */
+export const MODULE_BYTES_MAX = 64 * 1024 * 1024;
 
 export interface ModuleInfo {
   /** Where the answering host stored it: pass it as `wasm` to create a VM. */

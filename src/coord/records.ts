@@ -80,7 +80,7 @@ export type DesiredState = 'running' | 'stopped';
 export interface VmSpec {
   v: 1;
   name: string;
-  /** Absolute path of the module, readable by the hosts. */
+  /** Absolute path the module was read from at creation; hosts find it by `wasmSha256` (src/host/modules.ts). */
   wasmPath: string;
   wasmSha256: string;
   /** The service address, "IP:PORT". */

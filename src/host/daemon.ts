@@ -27,12 +27,13 @@
  * - A takeover fences the old host before the VM starts here.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile, open as openFile } from 'node:fs/promises';
+import { readFile, rm, stat, open as openFile } from 'node:fs/promises';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Coordinator, Versioned } from '../coord/coordinator.js';
 import { openCoordinator } from '../coord/open.js';
+import { ModuleStore } from './modules.js';
 import {
   HOSTS_PREFIX,
   KEY_CLUSTER,
@@ -160,6 +161,10 @@ const CLONE_OFFER_WAIT_MS = 3000;
 const AVOID_DROPPED_BACKUP_MS = 10_000;
 /** How long shutdown waits for its VMs to stop before it leaves the cluster anyway. */
 const SHUTDOWN_VM_WAIT_MS = 10_000;
+/** One peer's time to send a module (at most 64 MiB) to a host that lacks it. */
+const MODULE_FETCH_TIMEOUT_MS = 15_000;
+/** How often the module store is cleared of modules no VM uses. */
+const MODULE_PRUNE_MS = 10 * 60 * 1000;
 /** How often each peer's new events are pulled into this host's merged timeline. */
 const EVENTS_PULL_MS = 500;
 /** How often the log is sampled for the bandwidth metric. */
@@ -252,6 +257,10 @@ export class HostDaemon implements HostBackend {
 
   /** Whether each VM's spec asks for FT, as of the last read (for metrics). */
   private ftWanted = new Map<string, boolean>();
+  /** The modules the VMs' specs name, as of the last read (the store keeps them); null before one. */
+  private modulesInUse: Set<string> | null = null;
+  /** This host's module store (src/host/modules.ts). */
+  private readonly modules: ModuleStore;
 
   private constructor(
     private readonly opts: HostOptions,
@@ -278,6 +287,34 @@ export class HostDaemon implements HostBackend {
       opts.vipInterface != null
         ? new InterfaceVips(opts.vipInterface, this.log.child({ part: 'vip' }))
         : null;
+    this.modules = new ModuleStore({
+      dir: path.join(opts.dataDir, 'modules'),
+      tmpSuffix: this.incarnation,
+      // Up peers first; a suspect one may still answer.
+      peers: () => {
+        const view = this.hostView();
+        const ranked = [...this.hostRecords.values()]
+          .filter(
+            (h) => h.name !== opts.name && (view.get(h.name) === 'up' || view.get(h.name) === 'suspect'),
+          )
+          .sort((a, b) => Number(view.get(a.name) !== 'up') - Number(view.get(b.name) !== 'up'));
+        return ranked.map((h) => ({ name: h.name, api: h.api }));
+      },
+      fetchFromPeer: async (api, sha256) => {
+        const client = new ApiClient({
+          endpoints: [api],
+          token: this.cluster.tokenHex,
+          timeoutMs: MODULE_FETCH_TIMEOUT_MS,
+        });
+        const r = await client.readModule(sha256);
+        if (!r.ok) return { ok: false, message: r.error.message };
+        this.log.info(
+          { sha256, from: api, bytes: r.value.byteLength },
+          `fetched module ${sha256.slice(0, 12)}… (${r.value.byteLength} bytes) from ${api}`,
+        );
+        return { ok: true, bytes: r.value };
+      },
+    });
   }
 
   static async start(
@@ -396,9 +433,17 @@ export class HostDaemon implements HostBackend {
     this.every(t.claimRenewMs, () => void this.renewClaims());
     this.every(METRICS_SAMPLE_MS, () => this.metricsHub.sample());
     this.every(EVENTS_PULL_MS, () => void this.pullPeerEvents());
+    this.every(MODULE_PRUNE_MS, () => void this.pruneModules());
     this.tick();
     this.reconcileSoon();
     return { ok: true };
+  }
+
+  /** Deletes stored modules no VM names any more (after MODULE_UNUSED_KEEP_MS; see modules.ts). */
+  private async pruneModules(): Promise<void> {
+    if (this.modulesInUse === null) return;
+    const n = await this.modules.prune(this.modulesInUse, this.wallMs());
+    if (n > 0) this.log.info({ removed: n }, `removed ${n} module(s) no VM uses from the store`);
   }
 
   private every(ms: number, f: () => void): void {
@@ -671,26 +716,31 @@ export class HostDaemon implements HostBackend {
   async uploadModule(bytes: Buffer): Promise<ApiResult<ModuleInfo>> {
     // Refused here rather than at start: a VM created from a broken upload would only fail later, elsewhere.
     if (!WebAssembly.validate(bytes)) return invalid('the upload is not a valid WebAssembly module');
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
-    const dir = path.join(this.opts.dataDir, 'modules');
-    const file = path.join(dir, `${sha256}.wasm`);
+    let stored: { sha256: string; path: string };
     try {
-      await mkdir(dir, { recursive: true });
-      // Written under a temporary name and renamed, so a reader never sees half a module.
-      const tmp = `${file}.${this.incarnation}.tmp`;
-      await writeFile(tmp, bytes, { mode: 0o644 });
-      await rename(tmp, file);
+      stored = await this.modules.put(bytes);
     } catch (e) {
       return {
         ok: false,
         error: { code: 'internal', message: `cannot store the module: ${(e as Error).message}` },
       };
     }
+    const { sha256, path: file } = stored;
     this.log.info(
       { path: file, bytes: bytes.byteLength },
       `stored an uploaded module (${bytes.byteLength} bytes)`,
     );
     return { ok: true, value: { path: file, sha256, bytes: bytes.byteLength } };
+  }
+
+  async moduleFile(sha256: string): Promise<ApiResult<{ path: string; bytes: number }>> {
+    const bytes = await this.modules.has(sha256);
+    if (bytes === null)
+      return {
+        ok: false,
+        error: { code: 'not-found', message: `no module ${sha256.slice(0, 12)}… on ${this.opts.name}` },
+      };
+    return { ok: true, value: { path: this.modules.fileOf(sha256), bytes } };
   }
 
   async killHost(name: string): Promise<ApiResult<KillHostAnswer>> {
@@ -854,6 +904,9 @@ export class HostDaemon implements HostBackend {
     if (!r.ok) return null;
     const vms = bundle(r.value);
     this.ftWanted = new Map([...vms].map(([name, b]) => [name, b.spec?.value.ft === true]));
+    this.modulesInUse = new Set(
+      [...vms.values()].flatMap((b) => (b.spec === null ? [] : [b.spec.value.wasmSha256])),
+    );
     return vms;
   }
 
@@ -1372,6 +1425,7 @@ export class HostDaemon implements HostBackend {
         role,
         this.ftServices,
         this.addresses,
+        this.modules,
       );
       this.localVms.set(name, l);
       void l.start();
@@ -1426,6 +1480,7 @@ export class HostDaemon implements HostBackend {
       role,
       this.ftServices,
       this.addresses,
+      this.modules,
     );
     this.localVms.set(name, l);
     this.outputsHeld.delete(name);

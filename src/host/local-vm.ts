@@ -41,6 +41,7 @@ import type { ServiceAddresses } from './vip.js';
 import type { StreamPosition } from '../ft/channel.js';
 import { readVmSnapshot, writeVmSnapshot } from '../snapshot/vm-snapshot.js';
 import { fetchClone } from './clone-fetch.js';
+import type { ModuleStore } from './modules.js';
 
 /** What a host gives its FT VMs: its channel listener and identity. */
 export interface FtServices {
@@ -111,6 +112,8 @@ export class LocalVm {
     private role: LocalRole = { kind: 'plain' },
     private readonly ft: FtServices | null = null,
     private readonly addresses: ServiceAddresses | null = null,
+    /** Where the module is found by its hash; null: read from the spec's path as it is. */
+    private readonly modules: ModuleStore | null = null,
   ) {}
 
   /** Whether this copy claimed the service address (it ran as a primary), so stopping releases it. */
@@ -459,6 +462,17 @@ export class LocalVm {
     try {
       await mkdir(this.dir, { recursive: true });
       const role = this.role;
+      // The module by its hash, not by its path: the path may not be on this machine (an upload
+      // to another host) or may hold other bytes by now. A peer sends it if need be.
+      let wasmPath = this.spec.wasmPath;
+      if (this.modules !== null) {
+        const m = await this.modules.resolve(this.spec.wasmPath, this.spec.wasmSha256);
+        if (!m.ok) {
+          this.startError = `cannot find its module: ${m.message}`;
+          return this.finish('failed', this.startError, null, consoleFd);
+        }
+        wasmPath = m.path;
+      }
       // A backup starts from a snapshot of the running primary (the live clone), with the disk as
       // it was at the snapshot; the log stream then starts at the snapshot's call.
       let clone: { snapshot: VmSnapshot; start: StreamPosition } | null = null;
@@ -482,7 +496,7 @@ export class LocalVm {
       if (typeof listen === 'string')
         return this.finish('failed', `bad service address: ${listen}`, null, consoleFd);
       const loaded = await Vm.load({
-        wasmPath: this.spec.wasmPath,
+        wasmPath,
         args: this.spec.args,
         env: this.spec.env,
         listen: [listen],
