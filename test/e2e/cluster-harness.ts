@@ -272,3 +272,10 @@ export class RespClient {
     return this.line(waitMs);
   }
 }
+
+/** One redis-cli command against ip:port; its trimmed output, or "error: …". */
+export function redis(ip: string, port: number, ...args: string[]): Promise<string> {
+  return runCollected('redis-cli', ['-h', ip, '-p', String(port), ...args], { timeoutMs: 10_000 }).then(
+    (r) => (r.code === 0 ? r.stdout.trim() : `error: ${r.stderr.trim() || r.stdout.trim()}`),
+  );
+}

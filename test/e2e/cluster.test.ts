@@ -15,17 +15,11 @@ import dgram from 'node:dgram';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BIN, CACHE_DIR, runCollected, tempDir } from './harness.js';
-import { KV, serviceIp, startCluster, waitUntil, type LocalCluster } from './cluster-harness.js';
+import { KV, redis, serviceIp, startCluster, waitUntil, type LocalCluster } from './cluster-harness.js';
 import type { VmStatus, HostStatus } from '../../src/api/backend.js';
 import { encodeFrame, FrameKind } from '../../src/cluster/frame.js';
 import { openCoordinator } from '../../src/coord/open.js';
 import { KEY_CLUSTER, hostKey, type ClusterRecord, type HostRecord } from '../../src/coord/records.js';
-
-function redis(ip: string, port: number, ...args: string[]): Promise<string> {
-  return runCollected('redis-cli', ['-h', ip, '-p', String(port), ...args], { timeoutMs: 10_000 }).then(
-    (r) => (r.code === 0 ? r.stdout.trim() : `error: ${r.stderr.trim() || r.stdout.trim()}`),
-  );
-}
 
 async function api(
   c: LocalCluster,

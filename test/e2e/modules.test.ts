@@ -18,16 +18,10 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync } from '
 import path from 'node:path';
 import type { VmStatus } from '../../src/api/backend.js';
 import { sha256Of } from '../../src/host/modules.js';
-import { KV, serviceIp, startCluster, waitUntil } from './cluster-harness.js';
-import { repoPath, runCollected } from './harness.js';
+import { KV, redis, serviceIp, startCluster, waitUntil } from './cluster-harness.js';
+import { repoPath } from './harness.js';
 
 const RUST_KV = repoPath('examples', 'rust-kv', 'rust-kv.wasm');
-
-function redis(ip: string, ...args: string[]): Promise<string> {
-  return runCollected('redis-cli', ['-h', ip, '-p', '6379', ...args], { timeoutMs: 10_000 }).then((r) =>
-    r.code === 0 ? r.stdout.trim() : `error: ${r.stderr.trim() || r.stdout.trim()}`,
-  );
-}
 
 test(
   'a host that cannot use the module path fetches the module from a peer by its hash',
@@ -66,7 +60,7 @@ test(
     assert.equal(paired.primary, 'h1');
     const backup = paired.backup!;
     const third = ['h2', 'h3'].find((h) => h !== backup)!;
-    for (const k of [1, 2, 3]) assert.equal(await redis(ip, 'SET', `key${k}`, `value${k}`), 'OK');
+    for (const k of [1, 2, 3]) assert.equal(await redis(ip, 6379, 'SET', `key${k}`, `value${k}`), 'OK');
     // The path now holds another module: no host may run it for this VM.
     copyFileSync(RUST_KV, from);
     const h1 = c.hosts.find((h) => h.name === 'h1')!;
@@ -86,6 +80,6 @@ test(
     const stored = path.join(c.dir, 'hosts', third, 'modules', `${sha}.wasm`);
     assert.ok(existsSync(stored), `${stored} exists`);
     assert.equal(sha256Of(readFileSync(stored)), sha);
-    for (const k of [1, 2, 3]) assert.equal(await redis(ip, 'GET', `key${k}`), `value${k}`);
+    for (const k of [1, 2, 3]) assert.equal(await redis(ip, 6379, 'GET', `key${k}`), `value${k}`);
   },
 );
