@@ -34,7 +34,7 @@ function setup(
   return { dir, store, asked, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-test('the store comes first; then the path, if its hash still matches; it is copied into the store', async () => {
+test('the store comes first (checked); then the path, if its hash still matches; it is copied into the store', async () => {
   const s = setup([{ name: 'h2', answer: () => ({ ok: true, bytes: A }) }]);
   try {
     const from = path.join(s.dir, 'kv.wasm');
@@ -48,6 +48,11 @@ test('the store comes first; then the path, if its hash still matches; it is cop
     const again = await s.store.resolve(from, sha256Of(A));
     assert.deepEqual(again, { ok: true, path: s.store.fileOf(sha256Of(A)), source: 'store' });
     assert.deepEqual(s.asked, []);
+    // A stored copy damaged on disk is not run: it is fetched again.
+    writeFileSync(s.store.fileOf(sha256Of(A)), B);
+    const repaired = await s.store.resolve(from, sha256Of(A));
+    assert.deepEqual(repaired, { ok: true, path: s.store.fileOf(sha256Of(A)), source: { peer: 'h2' } });
+    assert.deepEqual(readFileSync(s.store.fileOf(sha256Of(A))), A);
   } finally {
     s.cleanup();
   }

@@ -15,9 +15,10 @@
  * next host that needs it.
  *
  * Invariants:
- * - A file in the store always holds exactly the bytes its name hashes to:
- *   it is written under a temporary name and renamed after its hash was
- *   checked, so a reader never sees half a module or a wrong one.
+ * - A file in the store holds exactly the bytes its name hashes to: it is
+ *   written under a temporary name and renamed after its hash was checked,
+ *   so a reader never sees half a module or a wrong one; and resolve()
+ *   checks it again before answering it, so damage on disk is never run.
  * - A module is fetched at most once at a time per hash on one host;
  *   concurrent resolves of the same hash share the fetch.
  * - Every failure is a value whose message says where it looked.
@@ -110,8 +111,15 @@ export class ModuleStore {
   private async search(createdFrom: string, sha256: string): Promise<Resolved> {
     if (!SHA256_RE.test(sha256)) return { ok: false, message: `bad module hash ${JSON.stringify(sha256)}` };
     const file = this.fileOf(sha256);
-    if ((await this.has(sha256)) !== null) return { ok: true, path: file, source: 'store' };
     const tried: string[] = [];
+    // The stored copy is checked too (a few ms for a large module, once per start): a file damaged
+    // on this host's disk is dropped and fetched again rather than run.
+    const stored = await readFile(file).catch(() => null);
+    if (stored !== null) {
+      if (sha256Of(stored) === sha256) return { ok: true, path: file, source: 'store' };
+      await rm(file, { force: true });
+      tried.push('the stored copy was damaged (removed)');
+    }
     const fromPath = await readFile(createdFrom).catch((e: NodeJS.ErrnoException) => e);
     if (Buffer.isBuffer(fromPath)) {
       if (sha256Of(fromPath) === sha256) {
