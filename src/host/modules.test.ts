@@ -135,3 +135,24 @@ test('put stores an upload by its hash; prune keeps modules in use and young one
     s.cleanup();
   }
 });
+
+test('a store that cannot be written is a failure value, not a rejection', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lockstep-modules-'));
+  try {
+    // The store's folder would be under a regular file: mkdir fails (ENOTDIR).
+    writeFileSync(path.join(dir, 'file'), '');
+    const store = new ModuleStore({
+      dir: path.join(dir, 'file', 'store'),
+      tmpSuffix: 'test',
+      peers: () => [],
+      fetchFromPeer: async () => ({ ok: false, message: 'unused' }),
+    });
+    const from = path.join(dir, 'kv.wasm');
+    writeFileSync(from, A);
+    const r = await store.resolve(from, sha256Of(A));
+    assert.equal(r.ok, false);
+    assert.match(!r.ok ? r.message : '', /cannot keep module .* ENOTDIR/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -81,7 +81,12 @@ export class ModuleStore {
   resolve(createdFrom: string, sha256: string): Promise<Resolved> {
     const running = this.inflight.get(sha256);
     if (running !== undefined) return running;
-    const p = this.search(createdFrom, sha256).finally(() => this.inflight.delete(sha256));
+    const p = this.search(createdFrom, sha256)
+      .catch((e: unknown): Resolved => ({
+        ok: false,
+        message: `cannot keep module ${sha256.slice(0, 12)}… in ${this.o.dir}: ${(e as Error).message}`,
+      }))
+      .finally(() => this.inflight.delete(sha256));
     this.inflight.set(sha256, p);
     return p;
   }
