@@ -26,14 +26,14 @@
  *   checked against replays; every rejection is counted and logged.
  * - A takeover fences the old host before the VM starts here.
  */
-import { randomBytes, createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, rm, stat, open as openFile } from 'node:fs/promises';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Coordinator, Versioned } from '../coord/coordinator.js';
 import { openCoordinator } from '../coord/open.js';
-import { ModuleStore } from './modules.js';
+import { ModuleStore, sha256Of } from './modules.js';
 import {
   HOSTS_PREFIX,
   KEY_CLUSTER,
@@ -1796,7 +1796,7 @@ export class HostDaemon implements HostBackend {
         v: 1,
         name: req.name,
         wasmPath: req.wasm,
-        wasmSha256: createHash('sha256').update(wasmBytes).digest('hex'),
+        wasmSha256: sha256Of(wasmBytes),
         listen: req.listen,
         disk,
         env: req.env ?? [],

@@ -18,21 +18,11 @@ import { HostDaemon } from '../../src/host/daemon.js';
 import { HOST_PROFILES } from '../../src/host/timings.js';
 import type { Coordinator } from '../../src/coord/coordinator.js';
 import { vmPlacementKey, vmSpecKey } from '../../src/coord/records.js';
-import { KV, serviceIp } from './cluster-harness.js';
+import { KV, serviceIp, waitUntil } from './cluster-harness.js';
 import { tempDir } from './harness.js';
 
 /** Several reconcile ticks of the fast profile. */
 const WINDOW_MS = 1500;
-
-async function waitFor<T>(what: string, f: () => Promise<T | undefined>, ms: number): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test('vm create --host places the VM on that host even if others reconcile mid-request', async (t) => {
   const tmp = tempDir('create-order');
@@ -74,7 +64,7 @@ test('vm create --host places the VM on that host even if others reconcile mid-r
     hosts.push(started.host);
   }
   const [h1, h2] = hosts as [HostDaemon, HostDaemon];
-  await waitFor(
+  await waitUntil(
     'h1 to see h2 up',
     async () => {
       const r = await h1.listHosts();
@@ -88,7 +78,7 @@ test('vm create --host places the VM on that host even if others reconcile mid-r
   assert.ok(created.ok, created.ok ? '' : created.error.message);
   assert.equal(created.value.primary, 'h2');
   assert.deepEqual(writes, [vmPlacementKey('kv'), vmSpecKey('kv')]);
-  const running = await waitFor(
+  const running = await waitUntil(
     'kv to run',
     async () => {
       const r = await h2.getVm('kv');
